@@ -1,0 +1,127 @@
+"""Robust image decoding: every odd image a user may bring becomes an RGB PIL image or a DataError.
+
+Handles paths, bytes, PIL images and numpy arrays; truncated/corrupt files; CMYK, 16-bit,
+palette, greyscale and alpha modes; EXIF rotation; tiny images; and a pixel limit that guards
+against decompression bombs.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from polymodal.errors import DataError
+
+#: Largest accepted image, in pixels (~ 16k x 11k). Bigger files are refused, not decoded.
+MAX_PIXELS = 178_956_970
+
+ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | np.ndarray
+
+
+def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `source` into an RGB PIL image, upright per its EXIF orientation.
+
+    Args:
+        source: a file path, raw bytes, a PIL image, or an array (H, W), (H, W, 3|4), uint8/uint16/float.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+
+    Raises:
+        DataError: naming the file and what is wrong with it.
+    """
+    name = _describe(source)
+    if isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, np.ndarray):
+        img = _from_array(source, name)
+    elif isinstance(source, (bytes, bytearray)):
+        img = _open(io.BytesIO(source), name, max_pixels)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{name}: no such image file; check the path")
+        img = _open(path, name, max_pixels)
+    else:
+        raise DataError(f"cannot read an image from a {type(source).__name__}; "
+                        "give a path, bytes, a PIL image or a numpy array")
+    if img.width * img.height > max_pixels:
+        raise DataError(f"{name}: {img.width}x{img.height} is over the {max_pixels}-pixel limit; "
+                        "downscale it first")
+    if img.width < 1 or img.height < 1:
+        raise DataError(f"{name}: image has no pixels")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the image
+        pass
+    return to_rgb(img, name)
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """Convert any PIL mode to RGB; alpha is composited on white, 16-bit is scaled down."""
+    try:
+        if img.mode == "RGB":
+            return img
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+            return Image.fromarray(arr, "L").convert("RGB")
+        if img.mode == "P":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA"):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
+
+
+def _open(fp, name: str, max_pixels: int) -> Image.Image:
+    try:
+        img = Image.open(fp)
+        if img.width * img.height > max_pixels:  # check the header before decoding the pixels
+            raise DataError(f"{name}: {img.width}x{img.height} is over the {max_pixels}-pixel limit; "
+                            "downscale it first")
+        img.load()  # decode now, so a truncated file fails here and not later
+        return img
+    except DataError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{name}: not an image file PIL can read") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{name}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise DataError(f"{name}: array of shape {arr.shape} is not an image; want (H, W), (H, W, 3) or (H, W, 4)")
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 65535.0 * 255.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if np.nanmax(arr) <= 1.0 else 1.0  # floats in [0, 1] or [0, 255]
+        arr = np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _describe(source: ImageInput) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "PIL image"
+    if isinstance(source, np.ndarray):
+        return f"array{tuple(source.shape)}"
+    return type(source).__name__
