@@ -1,0 +1,30 @@
+"""Model parts and families. Importing this package registers every built-in part."""
+from polymodal.models import decoder, families, heads, text, vision  # noqa: F401  (registration)
+from polymodal.models.base import Component, Features, build  # noqa: F401
+from polymodal.registry import MODELS
+
+for _optional in ("fusion", "efficientnet"):
+    try:  # parts that land in their own modules
+        __import__(f"polymodal.models.{_optional}")
+    except ModuleNotFoundError as _e:  # pragma: no cover - until the module exists
+        if _e.name != f"polymodal.models.{_optional}":
+            raise
+
+
+def build_model(spec: dict, source: str | None = None):
+    """Build a whole model family from its spec (`type`: dual_encoder | fusion_encoder | encoder_decoder).
+
+    Args:
+        spec: the `model` block of a recipe, run config or checkpoint config.
+        source: the file the spec came from; config errors are prefixed with it.
+    """
+    from polymodal.errors import ConfigError
+
+    try:
+        model = MODELS.build(spec, "model")
+    except ConfigError as exc:
+        if source:
+            raise ConfigError(f"{source}: {exc}") from exc
+        raise
+    model.build_spec = dict(spec)
+    return model

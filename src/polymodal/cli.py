@@ -1,0 +1,232 @@
+"""The `polymodal` command. A thin layer over the Python API (`polymodal.load`, data, train, eval):
+it parses arguments, streams results (JSON lines with `--json`, a table otherwise) and turns
+errors into clear messages and exit codes."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Callable, Optional
+
+import typer
+
+from polymodal.errors import PolymodalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="polymodal: multimodal (vision + language) Transformer models, offline and fast on CPU.")
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        for r in rows:
+            sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*(("[red]error: " + r["error"]) if c == columns[-1] and "error" in r
+                        else _fmt(r.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x:.3f}" for k, x in sorted(v.items(), key=lambda kv: -kv[1])[:3])
+    return str(v)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _load(source: str, device: str, bf16: bool = False):
+    import polymodal
+
+    try:
+        return polymodal.load(source, device=device, **({"bf16": True} if bf16 else {}))
+    except PolymodalError as exc:
+        _fail(exc)
+
+
+def _run_items(items: list[dict], key: str, fn: Callable[[list], list], batch_size: int) -> list[dict]:
+    """Decode every item's image alone (a bad one becomes an `error` row), run `fn` on the good ones
+    in batches; returns rows in input order."""
+    from polymodal.data.images import load_image
+    from polymodal.errors import DataError
+
+    rows: list[dict] = []
+    good: list[tuple[int, object]] = []
+    for i, it in enumerate(items):
+        try:
+            good.append((i, load_image(it[key])))
+            rows.append(dict(it))
+        except DataError as exc:
+            rows.append({**it, "error": str(exc)})
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        try:
+            results = fn([g for _, g in chunk], [items[i] for i, _ in chunk])
+            for (i, _), res in zip(chunk, results):
+                rows[i].update(res)
+        except (PolymodalError, ValueError) as exc:
+            for i, _ in chunk:
+                rows[i]["error"] = str(exc)
+    return rows
+
+
+def _finish(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    _emit(rows, as_json, columns)
+    if any("error" in r for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout")):
+    """List the registered recipes."""
+    from polymodal.models.recipes import get_recipe, list_recipes
+
+    rows = [{"name": n, "task": get_recipe(n).get("task"), "description": get_recipe(n).get("description", "")}
+            for n in list_recipes()]
+    _emit(rows, as_json, ["name", "task", "description"])
+
+
+GEN_HELP = "Generation: --beams, --max-tokens (new tokens), --temperature/--top-p/--seed to sample."
+
+
+@app.command("caption")
+def caption_cmd(images: list[str] = typer.Argument(..., help="image files, folders or globs"),
+                model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
+                beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(20, "--max-tokens"),
+                temperature: Optional[float] = typer.Option(None, "--temperature"),
+                top_p: float = typer.Option(1.0, "--top-p"), seed: Optional[int] = typer.Option(None, "--seed"),
+                batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                as_json: bool = typer.Option(False, "--json")):
+    """Caption images: one {"image", "caption"} per image."""
+    from polymodal.infer._inputs import expand_images
+
+    m = _load(model, device)
+    gen = dict(num_beams=beams, max_new_tokens=max_tokens, do_sample=temperature is not None,
+               temperature=temperature or 1.0, top_p=top_p, seed=seed)
+    items = [{"image": p} for p in expand_images(images)]
+    rows = _run_items(items, "image", lambda ims, _: [{"caption": c} for c in m.caption(ims, **gen)], batch_size)
+    _finish(rows, as_json, ["image", "caption"])
+
+
+@app.command("ask")
+def ask_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str] = typer.Option(None, "--image"),
+            question: Optional[str] = typer.Option(None, "--question", "-q"),
+            requests: Optional[str] = typer.Option(None, "--requests", help='JSONL of {"image", "question"}'),
+            beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(10, "--max-tokens"),
+            batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+            as_json: bool = typer.Option(False, "--json")):
+    """Answer a question about an image: {"image", "question", "answer"}."""
+    from polymodal.infer._inputs import read_requests
+
+    if requests:
+        try:
+            items = read_requests(requests, ("image", "question"))
+        except PolymodalError as exc:
+            _fail(exc)
+    elif image is not None and question is not None:
+        items = [{"image": image, "question": question}]
+    else:
+        _fail(ValueError("give --image and --question, or --requests FILE.jsonl"))
+    m = _load(model, device)
+    rows = _run_items(items, "image", lambda ims, its: [{"answer": a} for a in m.answer(
+        ims, [it["question"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)
+    _finish(rows, as_json, ["image", "question", "answer"])
+
+
+@app.command("classify")
+def classify_cmd(images: list[str] = typer.Argument(...), model: str = typer.Option(..., "--model", "-m"),
+                 labels: str = typer.Option(..., "--labels", help="comma-separated class names"),
+                 template: str = typer.Option("a photo of {}.", "--template"),
+                 batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                 as_json: bool = typer.Option(False, "--json")):
+    """Zero-shot classify images over --labels: {"image", "label", "scores"}."""
+    from polymodal.infer._inputs import expand_images
+
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if not names:
+        _fail(ValueError("--labels is empty; give e.g. --labels cat,dog"))
+    m = _load(model, device)
+    items = [{"image": p} for p in expand_images(images)]
+    rows = _run_items(items, "image", lambda ims, _: m.classify(ims, names, template=template), batch_size)
+    _finish(rows, as_json, ["image", "label", "scores"])
+
+
+@app.command("embed")
+def embed_cmd(inputs: list[str] = typer.Argument(..., help="images (files/folders/globs), or texts with --text"),
+              model: str = typer.Option(..., "--model", "-m"), text: bool = typer.Option(False, "--text"),
+              batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+              as_json: bool = typer.Option(True, "--json/--table")):
+    """Embed images or texts: {"image"|"text", "embedding"} (L2-normalised)."""
+    from polymodal.infer._inputs import expand_images
+
+    m = _load(model, device)
+    if text:
+        try:
+            emb = m.embed_texts(inputs)
+        except PolymodalError as exc:
+            _fail(exc)
+        rows = [{"text": t, "embedding": [round(x, 6) for x in e.tolist()]} for t, e in zip(inputs, emb)]
+        return _finish(rows, as_json, ["text", "embedding"])
+    items = [{"image": p} for p in expand_images(inputs)]
+    rows = _run_items(items, "image", lambda ims, _: [{"embedding": [round(x, 6) for x in e.tolist()]}
+                                                      for e in m.embed_images(ims)], batch_size)
+    _finish(rows, as_json, ["image", "embedding"])
+
+
+@app.command("translate")
+def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str] = typer.Option(None, "--image"),
+                  text: Optional[str] = typer.Option(None, "--text"),
+                  requests: Optional[str] = typer.Option(None, "--requests", help='JSONL of {"image", "text"}'),
+                  beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(32, "--max-tokens"),
+                  batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                  as_json: bool = typer.Option(False, "--json")):
+    """Translate a sentence with its image: {"image", "text", "translation"}."""
+    from polymodal.infer._inputs import read_requests
+
+    if requests:
+        try:
+            items = read_requests(requests, ("image", "text"))
+        except PolymodalError as exc:
+            _fail(exc)
+    elif image is not None and text is not None:
+        items = [{"image": image, "text": text}]
+    else:
+        _fail(ValueError("give --image and --text, or --requests FILE.jsonl"))
+    m = _load(model, device)
+    rows = _run_items(items, "image", lambda ims, its: [{"translation": t} for t in m.translate(
+        ims, [it["text"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)
+    _finish(rows, as_json, ["image", "text", "translation"])
+
+
+def _mount_subapps() -> None:
+    """Areas with several commands keep them in their own module (`polymodal data …`)."""
+    for module, name in (("polymodal.data.cli", "data"),):
+        try:
+            sub = __import__(module, fromlist=["app"]).app
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(sub, name=name)
+
+
+_mount_subapps()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except PolymodalError as exc:  # a last guard: user errors never end in a traceback
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,219 @@
+"""`LoadedModel` for polymodal's own models (a checkpoint directory or a recipe name)."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from polymodal.infer.loaded import LoadedModel
+from polymodal.models.families import DualEncoder, EncoderDecoder, FusionEncoder
+
+_KIND = {"captioning": "captioner", "vqa": "visual question answerer", "translation": "translator",
+         "retrieval": "image-text embedder", "classification": "multimodal classifier",
+         "pretrain": "pretrained image-text model"}
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class NativeModel(LoadedModel):
+    """A polymodal model + processor with the task methods its family and task support.
+
+    Args:
+        model, processor, config: as returned by `load_checkpoint` (config holds `task`).
+        device: torch device. batch_size: images per forward pass.
+        bf16: run under bf16 autocast (CPU AMX / GPU); off by default so outputs match fp32.
+    """
+
+    def __init__(self, model, processor, config: dict, device: str = "cpu", batch_size: int = 32,
+                 bf16: bool = False):
+        self.model, self.processor, self.config = model.to(device).eval(), processor, config
+        self.device, self.batch_size, self.bf16 = torch.device(device), batch_size, bf16
+        self.task = config.get("task") or "pretrain"
+        self.kind = _KIND.get(self.task, "model")
+        self.tasks = self._supported()
+
+    def _supported(self) -> tuple[str, ...]:
+        m = self.model
+        if isinstance(m, DualEncoder) or (isinstance(m, FusionEncoder) and m.image_proj is not None):
+            tasks = ["embed_images", "embed_texts", "classify", "retrieve"]
+        else:
+            tasks = []
+        if isinstance(m, FusionEncoder) and m.classifier is not None:
+            tasks += ["answer"] if self.task == "vqa" else ["classify"]
+        if isinstance(m, EncoderDecoder):
+            if m.text is None:
+                tasks.append("caption")
+            else:
+                tasks.append("answer" if self.task == "vqa" else "translate")
+        return tuple(dict.fromkeys(tasks))
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _pixels(self, images) -> torch.Tensor:
+        return self.processor.process_images(images).to(self.device)
+
+    def _tokens(self, texts) -> dict:
+        return {k: v.to(self.device) for k, v in self.processor.tokenize(texts).items()}
+
+    # ------------------------------------------------------------------ embeddings / retrieval
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """L2-normalised image embeddings (N, E), float32 on CPU."""
+        if "embed_images" not in self.tasks:
+            self._unsupported("embed images")
+        out = []
+        for chunk in _batches(list(images), self.batch_size):
+            with self._autocast():
+                px = self._pixels(chunk)
+                if isinstance(self.model, DualEncoder):
+                    e = self.model.encode_image(px)
+                else:
+                    e = F.normalize(self.model.image_proj(self.model.vision(px).pooled), dim=-1)
+            out.append(e.float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (N, E), float32 on CPU."""
+        if "embed_texts" not in self.tasks:
+            self._unsupported("embed texts")
+        out = []
+        for chunk in _batches(list(texts), self.batch_size):
+            with self._autocast():
+                tok = self._tokens(chunk)
+                if isinstance(self.model, DualEncoder):
+                    e = self.model.encode_text(**tok)
+                else:
+                    e = F.normalize(self.model.text_proj(self.model.text(**tok).pooled), dim=-1)
+            out.append(e.float().cpu())
+        return torch.cat(out)
+
+    def retrieve(self, query, images: Sequence[Any], top_k: int = 5) -> list[dict]:
+        """Rank `images` for a text query (str) or an image query; [{index, score}] best first."""
+        if "retrieve" not in self.tasks:
+            self._unsupported("retrieve images")
+        q = self.embed_texts([query]) if isinstance(query, str) else self.embed_images([query])
+        scores = (self.embed_images(images) @ q[0]).tolist()
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
+        return [{"index": i, "score": scores[i]} for i in order]
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[Any], labels: Sequence[str] | None = None, texts: Sequence[str] | None = None,
+                 template: str = "a photo of {}.") -> list[dict]:
+        """Zero-shot over `labels` (embedders) or the model's own labels given `texts` (fusion classifier).
+
+        Returns one {"label", "scores": {label: prob}} per image.
+        """
+        if "classify" not in self.tasks:
+            self._unsupported("classify images")
+        m = self.model
+        if isinstance(m, FusionEncoder) and m.classifier is not None and texts is not None:
+            probs = self._fusion_probs(images, texts)
+            names = m.labels
+        else:
+            if not labels:
+                raise ValueError("zero-shot classification needs labels, e.g. labels=['cat', 'dog']")
+            names = list(labels)
+            t = self.embed_texts([template.format(x) for x in names])          # (L, E)
+            scale = float(m.logit_scale.exp().clamp(max=100.0))
+            probs = (scale * self.embed_images(images) @ t.T).softmax(-1)       # (N, L)
+        return [{"label": names[int(p.argmax())], "scores": dict(zip(names, map(float, p)))} for p in probs]
+
+    def _fusion_probs(self, images, texts) -> torch.Tensor:
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
+        out = []
+        for idx in _batches(list(range(len(images))), self.batch_size):
+            with self._autocast():
+                o = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
+            out.append(o.logits.float().softmax(-1).cpu())
+        return torch.cat(out)
+
+    # ----------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def _generate(self, images, texts=None, **generation) -> list[str]:
+        generation = _generation_args(**generation)
+        out = []
+        for idx in _batches(list(range(len(images))), self.batch_size):
+            with self._autocast():
+                kw = self._tokens([texts[i] for i in idx]) if texts is not None else {}
+                ids = self.model.generate(self._pixels([images[i] for i in idx]), **kw, **generation)
+            out += self.processor.decode(ids)
+        return out
+
+    def caption(self, images: Sequence[Any], **generation) -> list[str]:
+        """Captions for `images`; generation: max_new_tokens, num_beams, do_sample, temperature, top_p, seed."""
+        if "caption" not in self.tasks:
+            self._unsupported("caption images")
+        return self._generate(list(images), **generation)
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[Any], questions: Sequence[str], **generation) -> list[str]:
+        if "answer" not in self.tasks:
+            self._unsupported("answer questions")
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
+        _check_texts(questions, "question")
+        if isinstance(self.model, FusionEncoder):
+            probs = self._fusion_probs(list(images), list(questions))
+            return [self.model.labels[int(i)] for i in probs.argmax(-1)]
+        return self._generate(list(images), list(questions), **generation)
+
+    def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
+        if "translate" not in self.tasks:
+            self._unsupported("translate")
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} sentences; give one sentence per image")
+        _check_texts(texts, "sentence")
+        return self._generate(list(images), list(texts), **generation)
+
+
+def _check_texts(texts: Sequence[str], what: str) -> None:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"{what} {i} is empty; give a non-empty {what}")
+
+
+def _generation_args(max_new_tokens: int | None = None, max_length: int | None = None, num_beams: int = 1,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                     seed: int | None = None) -> dict:
+    """Map polymodal's generation options onto `transformers.generate` arguments."""
+    args: dict = {"num_beams": num_beams, "do_sample": do_sample}
+    if max_new_tokens is not None:
+        args["max_new_tokens"] = max_new_tokens
+    elif max_length is not None:
+        args["max_length"] = max_length
+    else:
+        args["max_new_tokens"] = 20
+    if do_sample:
+        args.update(temperature=temperature, top_p=top_p)
+        if seed is not None:
+            torch.manual_seed(seed)
+    return args
+
+
+def load_native(path: Path, device: str = "cpu", **kwargs) -> NativeModel:
+    from polymodal.checkpoint import load_checkpoint
+
+    model, processor, config = load_checkpoint(path, device=device)
+    return NativeModel(model, processor, config, device=device, **kwargs)
+
+
+def load_recipe(name: str, device: str = "cpu", **kwargs) -> NativeModel:
+    """A freshly built (untrained unless its towers are pretrained) model from a recipe."""
+    from polymodal.models.recipes import create_model, get_recipe
+    from polymodal.processing import Processor
+
+    recipe = get_recipe(name)
+    model = create_model(name)
+    processor = Processor.from_spec(recipe.get("processor") or {}, f"{recipe['source']}: processor")
+    return NativeModel(model, processor, {"task": recipe.get("task"), "recipe": name}, device=device, **kwargs)

@@ -1,0 +1,209 @@
+"""Whole-model families composed from registered parts.
+
+* `dual_encoder`     — two towers into one contrastive space (CLIP / ALIGN style).
+* `fusion_encoder`   — towers -> fusion module -> heads (classification / VQA answers, ITM, MLM);
+                       also keeps ITC projections of the unimodal features (ALBEF style).
+* `encoder_decoder`  — vision (+ text) encoder -> memory tokens -> GPT-2 decoder with
+                       cross-attention -> `generate` (captioning, generative VQA, translation).
+
+Models compute; tasks own the losses (polymodal.train.objectives).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal.models.base import Component, Features, build
+from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead
+from polymodal.registry import DECODERS, FUSIONS, MODELS, TEXT, VISION
+
+
+class _Towers(Component):
+    """Shared by every family: the two towers and their export."""
+
+    vision: nn.Module
+    text: nn.Module | None
+
+    def _build_towers(self, vision: dict, text: dict | None):
+        self.vision = build(VISION, vision, "model.vision")
+        self.text = build(TEXT, text, "model.text") if text is not None else None
+
+    def export_spec(self) -> dict:
+        spec = dict(self.build_spec)
+        for name in ("vision", "text", "fusion", "decoder"):
+            part = getattr(self, name, None)
+            if isinstance(part, Component):
+                spec[name] = part.export_spec()
+        return spec
+
+    def encode_image_features(self, pixel_values: torch.Tensor) -> Features:
+        return self.vision(pixel_values)
+
+    def encode_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        return self.text(input_ids, attention_mask)
+
+
+# ---------------------------------------------------------------------------- dual encoder
+@dataclass
+class DualEncoderOutput:
+    image_embeds: torch.Tensor  # (B, E), L2-normalised
+    text_embeds: torch.Tensor   # (B, E), L2-normalised
+    logit_scale: torch.Tensor   # scalar, exp(learned log-scale), clamped at 100
+
+
+@MODELS.register("dual_encoder")
+class DualEncoder(_Towers):
+    """Contrastive image and text towers (Radford et al., 2021, "CLIP").
+
+    Args:
+        vision, text: encoder specs (registered `type` + kwargs).
+        embed_dim: size of the shared space.
+        init_temperature: initial softmax temperature (CLIP: 0.07); learned as log(1/T).
+    """
+
+    def __init__(self, vision: dict, text: dict, embed_dim: int = 256, init_temperature: float = 0.07):
+        super().__init__()
+        self._build_towers(vision, text)
+        self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
+        self.text_proj = ProjectionHead(self.text.dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.embed_dim = embed_dim
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask).pooled), dim=-1)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> DualEncoderOutput:
+        return DualEncoderOutput(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
+                                 self.logit_scale.exp().clamp(max=100.0))
+
+
+# -------------------------------------------------------------------------- fusion encoder
+@dataclass
+class FusionEncoderOutput:
+    fused: Features                       # text-aligned fused features
+    logits: torch.Tensor | None           # (B, C) over `labels` (classification / VQA answers)
+    itm_logits: torch.Tensor | None       # (B, 2): [no match, match]
+    mlm_logits: torch.Tensor | None       # (B, T, V), only when asked for
+    image_embeds: torch.Tensor | None     # (B, E) normalised unimodal embeddings for ITC
+    text_embeds: torch.Tensor | None
+    logit_scale: torch.Tensor | None
+
+
+@MODELS.register("fusion_encoder")
+class FusionEncoder(_Towers):
+    """Encoders -> fusion -> heads. The fusion module is swappable by config alone.
+
+    Args:
+        vision, text, fusion: part specs; the fusion gets the towers' dims injected.
+        labels: the class / answer vocabulary of the classifier head (None: no classifier).
+        itm: add an image-text matching head (pretraining with hard negatives).
+        mlm_vocab_size: add an MLM head over fused text tokens with this vocabulary (0: none).
+        embed_dim: size of the ITC space of the unimodal features (0: no ITC projections).
+        classifier_hidden: hidden width of the classifier MLP (default 2 x fusion dim).
+    """
+
+    def __init__(self, vision: dict, text: dict, fusion: dict, labels: list | None = None, itm: bool = False,
+                 mlm_vocab_size: int = 0, embed_dim: int = 0, classifier_hidden: int | None = None,
+                 init_temperature: float = 0.07):
+        super().__init__()
+        self._build_towers(vision, text)
+        self.fusion = build(FUSIONS, fusion, "model.fusion", image_dim=self.vision.dim, text_dim=self.text.dim)
+        d = self.fusion.dim
+        self.labels = list(labels) if labels else []
+        self.classifier = ClassifierHead(d, len(self.labels), classifier_hidden) if self.labels else None
+        self.itm_head = nn.Linear(d, 2) if itm else None
+        self.mlm_head = MLMHead(d, mlm_vocab_size) if mlm_vocab_size else None
+        if embed_dim:
+            self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
+            self.text_proj = ProjectionHead(self.text.dim, embed_dim)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        else:
+            self.image_proj = self.text_proj = self.logit_scale = None
+
+    def fuse(self, image: Features, text: Features) -> Features:
+        return self.fusion(image, text)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
+                text_features: Features | None = None, return_mlm: bool = False) -> FusionEncoderOutput:
+        image = image_features if image_features is not None else self.vision(pixel_values)
+        text = text_features if text_features is not None else self.text(input_ids, attention_mask)
+        fused = self.fusion(image, text)
+        img_e = txt_e = scale = None
+        if self.image_proj is not None:
+            img_e = F.normalize(self.image_proj(image.pooled), dim=-1)
+            txt_e = F.normalize(self.text_proj(text.pooled), dim=-1)
+            scale = self.logit_scale.exp().clamp(max=100.0)
+        return FusionEncoderOutput(
+            fused=fused,
+            logits=self.classifier(fused.pooled) if self.classifier is not None else None,
+            itm_logits=self.itm_head(fused.pooled) if self.itm_head is not None else None,
+            mlm_logits=self.mlm_head(fused.tokens) if (return_mlm and self.mlm_head is not None) else None,
+            image_embeds=img_e, text_embeds=txt_e, logit_scale=scale)
+
+
+# ------------------------------------------------------------------------- encoder-decoder
+@dataclass
+class EncoderDecoderOutput:
+    logits: torch.Tensor       # (B, T, V) next-token logits for decoder_input_ids
+    memory: torch.Tensor       # (B, M, D_dec)
+    memory_mask: torch.Tensor  # (B, M) bool
+
+
+@MODELS.register("encoder_decoder")
+class EncoderDecoder(_Towers):
+    """Image (+ text) encoder -> memory tokens -> decoder with cross-attention.
+
+    With a `text` tower the memory is `[image tokens; text tokens]` with modality embeddings,
+    which serves generative VQA (question in, answer out) and multimodal translation
+    (source sentence + its image in, target sentence out).
+
+    Args:
+        vision, decoder: part specs; text: optional text tower spec.
+    """
+
+    def __init__(self, vision: dict, decoder: dict, text: dict | None = None):
+        super().__init__()
+        self._build_towers(vision, text)
+        self.decoder = build(DECODERS, decoder, "model.decoder")
+        d = self.decoder.dim
+        self.image_to_memory = nn.Sequential(nn.Linear(self.vision.dim, d), nn.LayerNorm(d))
+        self.text_to_memory = nn.Sequential(nn.Linear(self.text.dim, d), nn.LayerNorm(d)) if self.text else None
+        self.modality = nn.Parameter(torch.zeros(2 if self.text else 1, d))  # learned type embeddings
+
+    def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory (B, M, D) and its mask (B, M) for the decoder's cross-attention."""
+        image = self.vision(pixel_values)
+        memory = [self.image_to_memory(image.tokens) + self.modality[0]]
+        masks = [image.mask]
+        if self.text is not None:
+            if input_ids is None:
+                raise ValueError("this model conditions on text: pass input_ids and attention_mask")
+            text = self.text(input_ids, attention_mask)
+            memory.append(self.text_to_memory(text.tokens) + self.modality[1])
+            masks.append(text.mask)
+        return torch.cat(memory, 1), torch.cat(masks, 1)
+
+    def forward(self, pixel_values: torch.Tensor, decoder_input_ids: torch.Tensor,
+                decoder_attention_mask: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> EncoderDecoderOutput:
+        memory, memory_mask = self.encode(pixel_values, input_ids, attention_mask)
+        logits = self.decoder(decoder_input_ids, decoder_attention_mask, memory, memory_mask)
+        return EncoderDecoderOutput(logits, memory, memory_mask)
+
+    @torch.no_grad()
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, prompt_ids: torch.Tensor | None = None,
+                 **generation) -> torch.Tensor:
+        """Generated ids (B, T) including the BOS/prompt; takes HF `generate` arguments."""
+        memory, memory_mask = self.encode(pixel_values, input_ids, attention_mask)
+        return self.decoder.generate(memory, memory_mask, prompt_ids, **generation)

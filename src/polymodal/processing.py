@@ -1,0 +1,132 @@
+"""Pre-processing: the one place that knows normalisation statistics and tokenisation.
+
+`Processor` turns user inputs (paths, PIL images, arrays, strings) into batches:
+`process_images(images) -> (B, 3, S, S)` float tensor and `tokenize(texts) -> {input_ids,
+attention_mask}`. It is saved with the model (`export_spec()` in config.json, tokenizer files
+beside it) and rebuilt from there.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from polymodal.data.images import load_image
+from polymodal.errors import CheckpointError
+from polymodal.models._hf import PACKAGED, resolve_pretrained
+from polymodal.registry import check_kwargs
+
+#: ImageNet statistics (most HF vision towers) and CLIP's, for reference in recipes.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+class ImageProcessor:
+    """Resize (+ optional centre crop) with PIL, then normalise a whole batch at once in torch.
+
+    Args:
+        image_size: output side S.
+        mean, std: per-channel statistics the vision tower was trained with.
+        resize: "squash" (resize to S x S), or "crop" (shorter side to S, centre crop S x S).
+        resample: PIL filter name.
+    """
+
+    def __init__(self, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, resize: Literal["squash", "crop"] = "squash",
+                 resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"):
+        self.image_size, self.resize, self.resample = image_size, resize, resample
+        self.mean, self.std = list(mean), list(std)
+        # Fold /255 and normalisation into one affine map: x * scale + shift, per channel.
+        m, s = torch.tensor(self.mean), torch.tensor(self.std)
+        self._scale = (1.0 / (255.0 * s)).view(1, 3, 1, 1)
+        self._shift = (-m / s).view(1, 3, 1, 1)
+
+    def export_spec(self) -> dict:
+        return {"image_size": self.image_size, "mean": self.mean, "std": self.std,
+                "resize": self.resize, "resample": self.resample}
+
+    def resize_one(self, image: Any) -> np.ndarray:
+        """One image (any accepted input) -> uint8 array (S, S, 3)."""
+        img = load_image(image)
+        s, f = self.image_size, _RESAMPLE[self.resample]
+        if self.resize == "crop":
+            scale = s / min(img.size)
+            w, h = max(s, round(img.width * scale)), max(s, round(img.height * scale))
+            img = img.resize((w, h), f, reducing_gap=3.0)
+            left, top = (w - s) // 2, (h - s) // 2
+            img = img.crop((left, top, left + s, top + s))
+        elif img.size != (s, s):
+            img = img.resize((s, s), f, reducing_gap=3.0)
+        return np.asarray(img, dtype=np.uint8)
+
+    def __call__(self, images: Sequence[Any]) -> torch.Tensor:
+        arr = np.stack([self.resize_one(im) for im in images])         # (B, S, S, 3) uint8
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()            # (B, 3, S, S)
+        return x * self._scale + self._shift
+
+
+class Processor:
+    """Image processor + tokenizer of one model.
+
+    Args:
+        image: ImageProcessor keyword arguments.
+        tokenizer: a local tokenizer folder, or "minilm" for the packaged all-MiniLM-L6-v2 one.
+        max_length: default truncation length of `tokenize`.
+    """
+
+    def __init__(self, image: dict | None = None, tokenizer: str = "minilm", max_length: int = 32):
+        image = image or {}
+        check_kwargs(ImageProcessor, image, "processor.image")
+        self.image = ImageProcessor(**image)
+        self.tokenizer_source, self.max_length = tokenizer, max_length
+        self.tokenizer = _load_tokenizer(tokenizer)
+
+    @classmethod
+    def from_spec(cls, spec: dict, where: str = "processor", base_dir: Path | None = None) -> "Processor":
+        """Build from a config block; a relative tokenizer path resolves against `base_dir`."""
+        spec = dict(spec)
+        check_kwargs(cls, spec, where)
+        tok = spec.get("tokenizer", "minilm")
+        if base_dir is not None and tok == ".":
+            spec["tokenizer"] = str(base_dir)
+        return cls(**spec)
+
+    def export_spec(self, tokenizer: str | None = None) -> dict:
+        return {"image": self.image.export_spec(), "tokenizer": tokenizer or self.tokenizer_source,
+                "max_length": self.max_length}
+
+    def save(self, directory: Path) -> dict:
+        """Write the tokenizer files into `directory`; return the spec that reloads them from there."""
+        self.tokenizer.save_pretrained(str(directory))
+        return self.export_spec(tokenizer=".")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def process_images(self, images: Sequence[Any]) -> torch.Tensor:
+        return self.image(images)
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length or self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_pretrained(source) if source in PACKAGED else Path(source)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot load a tokenizer ({exc}); give a folder with tokenizer files "
+                              "or 'minilm'") from exc
