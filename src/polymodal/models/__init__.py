@@ -1,14 +1,7 @@
 """Model parts and families. Importing this package registers every built-in part."""
-from polymodal.models import decoder, families, heads, text, vision  # noqa: F401  (registration)
+from polymodal.models import decoder, efficientnet, families, fusion, heads, text, vision  # noqa: F401  (registration)
 from polymodal.models.base import Component, Features, build  # noqa: F401
 from polymodal.registry import MODELS
-
-for _optional in ("fusion", "efficientnet"):
-    try:  # parts that land in their own modules
-        __import__(f"polymodal.models.{_optional}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - until the module exists
-        if _e.name != f"polymodal.models.{_optional}":
-            raise
 
 
 def build_model(spec: dict, source: str | None = None):
