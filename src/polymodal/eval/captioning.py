@@ -114,9 +114,13 @@ class Meteor:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._stderr)
 
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive
+
     def score(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
         """Corpus METEOR (the aggregate COCO reports) and per-caption scores for tokenised captions."""
-        if not self._finalizer.alive:
+        if not self.alive:
             raise PolymodalError("METEOR was closed; create a new scorer")
         with self._lock:
             stats = []
@@ -148,7 +152,7 @@ class Meteor:
         err = self._stderr.read().decode("utf-8", "replace").strip()[-500:]
         self.close()
         raise PolymodalError(f"METEOR (Java) stopped unexpectedly (exit {self._proc.returncode}): "
-                             f"{err or 'no message'}. It needs ~2 GB of memory for its heap.")
+                             f"{err or 'no message'} (it reserves a 2 GB Java heap: is memory short?)")
 
     def close(self) -> None:
         self._finalizer()
@@ -251,7 +255,7 @@ class CaptionMetrics(Metric):
         for n, b in enumerate(bleu, start=1):
             out[f"bleu_{n}{suffix}"] = float(b)
         if self.use_meteor:
-            if self._meteor is None:
+            if self._meteor is None or not self._meteor.alive:  # first call, or Java died last time
                 self._meteor = Meteor()
             out["meteor"] = self._meteor.score([res[k][0] for k in res], [gts[k] for k in res])[0]
         out[f"rouge_l{suffix}"] = float(Rouge().compute_score(gts, res)[0])

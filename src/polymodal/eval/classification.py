@@ -9,7 +9,7 @@ negative, ties counting one half -- exactly the area under the trapezoidal ROC c
 from __future__ import annotations
 
 import logging
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
