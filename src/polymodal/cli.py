@@ -208,6 +208,30 @@ def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Option
     _finish(rows, as_json, ["image", "text", "translation"])
 
 
+@app.command("retrieve")
+def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
+                 images: str = typer.Option(..., "--images", help="folder of images (indexed once, reused)"),
+                 query: list[str] = typer.Option(..., "--query", help="a text, or an image path (repeatable)"),
+                 top_k: int = typer.Option(5, "--top-k"), device: str = typer.Option("cpu", "--device"),
+                 as_json: bool = typer.Option(False, "--json")):
+    """Text->image or image->image search over a folder: {"query", "image", "score", "rank"}."""
+    from polymodal.infer.index import ImageIndex, model_key, query_embedding
+
+    m = _load(model, device)
+    try:
+        index, reused = ImageIndex.open(images, m, model_key(model))
+    except PolymodalError as exc:
+        _fail(exc)
+    logging.getLogger(__name__).info("index %s (%d images)", "reused" if reused else "built", len(index.paths))
+    rows = []
+    for q in query:
+        try:
+            rows += [{"query": q, **hit} for hit in index.search(query_embedding(m, q), top_k)]
+        except PolymodalError as exc:
+            rows.append({"query": q, "error": str(exc)})
+    _finish(rows, as_json, ["query", "rank", "image", "score"])
+
+
 def _mount_subapps() -> None:
     """Areas with several commands keep them in their own module (`polymodal data …`)."""
     for module, name in (("polymodal.data.cli", "data"),):

@@ -1,0 +1,106 @@
+"""The task commands over polymodal checkpoints: JSON lines, per-item errors, exit codes, the index."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import polymodal
+from polymodal.checkpoint import save_checkpoint
+from polymodal.cli import app
+from polymodal.models.recipes import get_recipe
+from polymodal.processing import Processor
+
+runner = CliRunner()
+
+
+def _save(name, path):
+    torch.manual_seed(0)
+    model = polymodal.create_model(name)
+    save_checkpoint(path, model, Processor.from_spec(get_recipe(name)["processor"]), recipe=name,
+                    task=get_recipe(name)["task"])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(d / f"img{i}.png")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return d
+
+
+def _lines(out):
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def test_caption_streams_json_and_reports_bad_items(folder, tmp_path):
+    ckpt = _save("captioner-tiny", tmp_path / "cap")
+    res = runner.invoke(app, ["caption", "--model", ckpt, str(folder), "--max-tokens", "4", "--json"])
+    rows = _lines(res.stdout)
+    assert res.exit_code == 1  # one item failed
+    assert len(rows) == 5 and [r["image"].rsplit("/", 1)[-1] for r in rows][0] == "broken.png"
+    assert "error" in rows[0] and "broken.png" in rows[0]["error"]
+    assert all(isinstance(r["caption"], str) for r in rows[1:])
+    # The same model called from Python gives the same captions: the CLI is a thin layer.
+    m = polymodal.load(ckpt)
+    assert m.caption(sorted(str(p) for p in folder.glob("img*.png")), max_new_tokens=4) == [r["caption"] for r in rows[1:]]
+
+
+def test_ask_on_a_captioner_is_a_clear_error(folder, tmp_path):
+    ckpt = _save("captioner-tiny", tmp_path / "cap")
+    res = runner.invoke(app, ["ask", "--model", ckpt, "--image", str(folder / "img0.png"), "--question", "why?", "--json"])
+    assert res.exit_code == 1
+    assert "this checkpoint is a captioner; it cannot answer questions" in _lines(res.stdout)[0]["error"]
+
+
+def test_ask_requests_file_with_an_empty_question(folder, tmp_path):
+    ckpt = _save("vqa-tiny", tmp_path / "vqa")
+    req = tmp_path / "req.jsonl"
+    req.write_text(json.dumps({"image": str(folder / "img0.png"), "question": "how many?"}) + "\n"
+                   + json.dumps({"image": str(folder / "img1.png"), "question": " "}) + "\n")
+    res = runner.invoke(app, ["ask", "--model", ckpt, "--requests", str(req), "--json", "--batch-size", "1"])
+    rows = _lines(res.stdout)
+    assert res.exit_code == 1
+    assert rows[0]["answer"] in get_recipe("vqa-tiny")["model"]["labels"]
+    assert "question 0 is empty" in rows[1]["error"]
+
+
+def test_retrieve_builds_then_reuses_the_index(folder, tmp_path):
+    ckpt = _save("clip-tiny", tmp_path / "clip")
+    args = ["retrieve", "--model", ckpt, "--images", str(folder), "--query", "a red circle",
+            "--query", str(folder / "img2.png"), "--top-k", "2", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = _lines(first.stdout)
+    assert len(rows) == 4 and rows[2]["image"].endswith("img2.png") and rows[2]["score"] == pytest.approx(1.0, abs=1e-5)
+    index_files = sorted(p.name for p in folder.glob(".polymodal-index-*"))
+    assert len(index_files) == 2
+    mtime = (folder / index_files[1]).stat().st_mtime_ns
+    second = runner.invoke(app, args)
+    assert _lines(second.stdout) == rows and (folder / index_files[1]).stat().st_mtime_ns == mtime
+    # A new image changes the folder: the index is rebuilt and finds it.
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(folder / "new.png")
+    third = runner.invoke(app, ["retrieve", "--model", ckpt, "--images", str(folder), "--query",
+                                str(folder / "new.png"), "--json"])
+    assert _lines(third.stdout)[0]["image"].endswith("new.png")
+    (folder / "new.png").unlink()
+
+
+def test_classify_and_embed(folder, tmp_path):
+    ckpt = _save("clip-tiny", tmp_path / "clip")
+    res = runner.invoke(app, ["classify", "--model", ckpt, "--labels", "red,blue", str(folder / "img0.png"), "--json"])
+    row = _lines(res.stdout)[0]
+    assert res.exit_code == 0 and row["label"] in ("red", "blue") and sum(row["scores"].values()) == pytest.approx(1.0)
+    res = runner.invoke(app, ["embed", "--model", ckpt, "--text", "a red circle", "two squares"])
+    rows = _lines(res.stdout)
+    assert len(rows) == 2 and np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unknown_model_source_is_exit_2(tmp_path):
+    res = runner.invoke(app, ["caption", "--model", str(tmp_path / "nope"), "x.png"])
+    assert res.exit_code == 2 and "neither a directory nor a recipe name" in res.output
