@@ -117,7 +117,7 @@ class HFModel(LoadedModel):
             images: paths, bytes, PIL images or arrays.
             offset: position of images[0] in the caller's list, for error messages.
         """
-        return self._process([_read(img, offset + i) for i, img in enumerate(images)])
+        return self._process([_read(img, offset + i) for i, img in enumerate(_as_list(images))])
 
     def _process(self, pils: list):
         if self.fast_images is not None:
