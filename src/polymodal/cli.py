@@ -248,6 +248,11 @@ _mount_subapps()
 
 
 def main() -> None:
+    import os
+
+    # Library chatter (weight-loading progress bars, generation hints) is not for CLI users.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()

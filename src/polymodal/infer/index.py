@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from polymodal.data.images import load_image
@@ -83,7 +84,7 @@ class ImageIndex:
         if not images:
             raise DataError(f"{folder}: no readable images to index")
         chunks = [model.embed_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        emb = torch.cat(chunks).float().contiguous()
+        emb = torch.from_numpy(np.concatenate(chunks).astype(np.float32))
         tmp_emb, tmp_meta = Path(f"{emb_file}.tmp"), Path(f"{meta_file}.tmp")
         save_file({"embeddings": emb}, str(tmp_emb))
         tmp_meta.write_text(json.dumps({"listing": listing, "paths": paths, "failed": failed}))
@@ -91,9 +92,10 @@ class ImageIndex:
         os.replace(tmp_meta, meta_file)
         return cls(folder, paths, emb, failed), False
 
-    def search(self, query: torch.Tensor, top_k: int = 5) -> list[dict]:
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[dict]:
         """Best `top_k` images for a normalised query embedding (E,): [{image, score, rank}]."""
         k = min(top_k, len(self.paths))
+        query = torch.as_tensor(np.asarray(query, dtype=np.float32))
         if self._faiss is not None:
             scores, idx = self._faiss.search(query.reshape(1, -1).numpy().astype("float32"), k)
             pairs = zip(idx[0].tolist(), scores[0].tolist())
@@ -105,7 +107,7 @@ class ImageIndex:
                 for r, (i, v) in enumerate(pairs)]
 
 
-def query_embedding(model, query: str) -> torch.Tensor:
+def query_embedding(model, query: str) -> np.ndarray:
     """A text query, or an image query when `query` is the path of an existing image file."""
     p = Path(query)
     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:

@@ -5,6 +5,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,8 +67,8 @@ class NativeModel(LoadedModel):
 
     # ------------------------------------------------------------------ embeddings / retrieval
     @torch.no_grad()
-    def embed_images(self, images: Sequence[Any]) -> torch.Tensor:
-        """L2-normalised image embeddings (N, E), float32 on CPU."""
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """L2-normalised image embeddings (N, E), a float32 numpy array."""
         if "embed_images" not in self.tasks:
             self._unsupported("embed images")
         out = []
@@ -79,11 +80,11 @@ class NativeModel(LoadedModel):
                 else:
                     e = F.normalize(self.model.image_proj(self.model.vision(px).pooled), dim=-1)
             out.append(e.float().cpu())
-        return torch.cat(out)
+        return torch.cat(out).numpy()
 
     @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (N, E), float32 on CPU."""
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings (N, E), a float32 numpy array."""
         if "embed_texts" not in self.tasks:
             self._unsupported("embed texts")
         out = []
@@ -95,7 +96,7 @@ class NativeModel(LoadedModel):
                 else:
                     e = F.normalize(self.model.text_proj(self.model.text(**tok).pooled), dim=-1)
             out.append(e.float().cpu())
-        return torch.cat(out)
+        return torch.cat(out).numpy()
 
     def retrieve(self, query, images: Sequence[Any], top_k: int = 5) -> list[dict]:
         """Rank `images` for a text query (str) or an image query; [{index, score}] best first."""
@@ -123,9 +124,9 @@ class NativeModel(LoadedModel):
             if not labels:
                 raise ValueError("zero-shot classification needs labels, e.g. labels=['cat', 'dog']")
             names = list(labels)
-            t = self.embed_texts([template.format(x) for x in names])          # (L, E)
+            t = torch.from_numpy(self.embed_texts([template.format(x) for x in names]))  # (L, E)
             scale = float(m.logit_scale.exp().clamp(max=100.0))
-            probs = (scale * self.embed_images(images) @ t.T).softmax(-1)       # (N, L)
+            probs = (scale * torch.from_numpy(self.embed_images(images)) @ t.T).softmax(-1)  # (N, L)
         return [{"label": names[int(p.argmax())], "scores": dict(zip(names, map(float, p)))} for p in probs]
 
     def _fusion_probs(self, images, texts) -> torch.Tensor:
