@@ -38,7 +38,7 @@ def generate(
     noise: float = typer.Option(6.0, "--noise", help="pixel noise standard deviation (0 = clean)"),
     min_objects: int = typer.Option(1, "--min-objects"),
     max_objects: int = typer.Option(6, "--max-objects"),
-    workers: int = typer.Option(1, "--workers", help="rendering processes (same output for any number)"),
+    workers: int = typer.Option(0, "--workers", help="rendering processes, 0 = one per core (same output for any number)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier shapes output in --out"),
     preview: Optional[Path] = typer.Option(None, "--preview", help="also save a PNG grid of a few scenes"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON line"),

@@ -14,7 +14,6 @@ registered in `polymodal.registry.DATASETS` under their format name.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
@@ -551,9 +550,6 @@ def _sample_entry(url: str, key: str, parts: dict[str, bytes]) -> Entry:
 # Specs
 # ----------------------------------------------------------------------------------------
 
-SPEC_KEYS_COMMON = ("format", "fields")
-
-
 def parse_spec(spec: str | os.PathLike | dict) -> dict:
     """A spec string, YAML text, YAML file or dict -> a dict with at least `format` and `path`."""
     if isinstance(spec, dict):
@@ -568,10 +564,10 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
     fmt, sep, rest = s.partition(":")
     if sep and fmt in DATASETS:
         if fmt in ("coco", "hf"):
-            path, _, split = _split_tail(rest, 1)
+            path, split = _split_tail(rest, 1)
             return {"format": fmt, "path": path, **({"split": split[0]} if split else {})}
         if fmt == "shapes":
-            path, _, tail = _split_tail(rest, 2)
+            path, tail = _split_tail(rest, 2)
             out = {"format": fmt, "path": path}
             if tail:
                 out["task"] = tail[0]
@@ -584,13 +580,13 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
     return {"format": guess_format(s), "path": s}
 
 
-def _split_tail(rest: str, most: int) -> tuple[str, None, list[str]]:
-    """'DIR:a:b' -> ('DIR', None, ['a', 'b']): trailing ':name' parts that are plain names."""
+def _split_tail(rest: str, most: int) -> tuple[str, list[str]]:
+    """'DIR:a:b' -> ('DIR', ['a', 'b']): up to `most` trailing ':name' parts that are plain names."""
     parts = rest.split(":")
     tail = []
     while len(parts) > 1 and len(tail) < most and re.fullmatch(r"[A-Za-z0-9_\-]+", parts[-1]):
         tail.insert(0, parts.pop())
-    return ":".join(parts), None, tail
+    return ":".join(parts), tail
 
 
 def _yaml_spec(text: str, where: str) -> dict:
@@ -639,11 +635,11 @@ def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where
         where: where the spec came from, for error messages (e.g. "train.yaml: data.train").
     """
     d = parse_spec(spec)
-    unknown_fmt = d.get("format")
-    if not unknown_fmt:
+    fmt = d.pop("format", None)
+    if not fmt:
         raise ConfigError(f"{where}: missing 'format'; one of {', '.join(DATASETS.names())}")
-    if unknown_fmt not in DATASETS:
-        raise ConfigError(f"{where}.format: unknown format {unknown_fmt!r}; one of {', '.join(DATASETS.names())}")
+    if fmt not in DATASETS:
+        raise ConfigError(f"{where}.format: unknown format {fmt!r}; one of {', '.join(DATASETS.names())}")
     if "path" not in d:
         raise ConfigError(f"{where}: missing 'path'")
     fields = d.pop("fields", None) or {}
@@ -658,15 +654,9 @@ def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where
         if d.get("split") not in (None, split):
             raise ConfigError(f"{where}: asks for split {split!r} but the spec names split {d['split']!r}")
         d["split"] = split
-    fmt = d.pop("format")
     reader = DATASETS.build({"type": fmt, **d}, where=where)
     reader.fields = dict(fields)
     return reader
-
-
-def read_all(spec, split: str | None = None) -> list[dict]:
-    """Every record of a spec, in a list (raises DataError at the first bad one)."""
-    return list(open_dataset(spec, split))
 
 
 def record_to_json(rec: dict) -> dict:
@@ -676,5 +666,5 @@ def record_to_json(rec: dict) -> dict:
 
 
 __all__ = ["Entry", "Reader", "JsonlReader", "CocoReader", "VqaReader", "FolderReader", "ShapesReader",
-           "HfReader", "WdsReader", "parse_spec", "guess_format", "open_dataset", "read_all", "record_to_json",
+           "HfReader", "WdsReader", "parse_spec", "guess_format", "open_dataset", "record_to_json",
            "IMAGE_EXTENSIONS"]

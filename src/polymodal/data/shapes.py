@@ -30,7 +30,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -459,12 +459,16 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
         rb = _refer(objs, j, rnd, attrs=("color", "shape"), position=False)
         if ra and rb:
             si, sj = objs[i]["size"], objs[j]["size"]
-            form = rnd.choice(["larger", "smaller", "same"])
-            if form == "same":
-                add(f"Are the {ra[0]} and the {rb[0]} the same size?", "yes" if si == sj else "no", "size")
-            else:
-                truth = (si == "large" and sj == "small") if form == "larger" else (si == "small" and sj == "large")
-                add(f"Is the {ra[0]} {form} than the {rb[0]}?", "yes" if truth else "no", "size")
+            a, b = ra[0], rb[0]
+            if rnd.random() < 0.5:
+                a, b, si, sj = b, a, sj, si
+            # every form with its answer; pick the answer first, so yes and no are equally likely
+            forms = [(f"Are the {a} and the {b} the same size?", si == sj),
+                     (f"Is the {a} larger than the {b}?", (si, sj) == ("large", "small")),
+                     (f"Is the {a} smaller than the {b}?", (si, sj) == ("small", "large"))]
+            want = rnd.random() < 0.5
+            q, truth = rnd.choice([f for f in forms if f[1] == want])
+            add(q, "yes" if truth else "no", "size")
             break
     return out
 
@@ -713,7 +717,7 @@ def _split_of(bounds: list[tuple[str, int, int]], index: int) -> str:
 
 
 def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 64,
-             splits: str | dict[str, int] = DEFAULT_SPLITS, noise: float = 6.0, workers: int = 1,
+             splits: str | dict[str, int] = DEFAULT_SPLITS, noise: float = 6.0, workers: int = 0,
              min_objects: int = 1, max_objects: int = 6, overwrite: bool = False) -> dict:
     """Generate a shapes-world dataset in `out` and return its meta record.
 
@@ -725,7 +729,8 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
         splits: "train=0.8,val=0.05,test=0.1,comp=0.05" (fractions or counts) or a dict of counts.
             A split named `comp` is the compositional split (HELD_OUT colour-shape pairs).
         noise: pixel noise standard deviation (0 = clean).
-        workers: processes that render in parallel (output is identical for any number).
+        workers: processes that render in parallel (0: one per CPU core, at most 8); the
+            output is identical for any number.
         min_objects, max_objects: object count range per scene.
         overwrite: replace the files of an earlier run in `out`.
     """
@@ -753,6 +758,7 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
         bounds.append((name, lo, lo + k))
         lo += k
     chunk = 250
+    workers = workers or min(8, os.cpu_count() or 1)
     jobs = [(str(out), s, min(s + chunk, n), bounds, seed, size, noise, min_objects, max_objects)
             for s in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
@@ -882,7 +888,7 @@ def preview(out_png: str | os.PathLike, n: int = 8, seed: int = 0, size: int = 6
     for index, ax in zip(range(n), axes.flat):
         image, scene, text = make_example(index, seed, size, split)
         ax.imshow(image, interpolation="nearest")
-        qa = text["qa"][0]
+        qa = text["qa"][index % len(text["qa"])]  # a different kind of question under each
         ax.set_title("\n".join(textwrap.wrap(text["captions"][0], 34)) + f"\nQ: {qa['question']}\nA: {qa['answer']}",
                      fontsize=7.5, loc="left")
     fig.tight_layout()

@@ -15,15 +15,11 @@ from typing import Any, Iterator
 from PIL import Image
 
 from polymodal.data.fields import TASK_FIELDS, TEXT_FIELDS, missing_fields
-from polymodal.data.formats import Entry, Reader, open_dataset, record_to_json
+from polymodal.data.formats import Entry, open_dataset, record_to_json
 from polymodal.data.images import MAX_PIXELS, load_image
 from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-def _entries(reader: Reader) -> Iterator[Entry]:
-    return reader.entries()
 
 
 def check_record(rec: dict, task: str | None = None) -> list[tuple[str, str]]:
@@ -89,7 +85,7 @@ def validate(spec, split: str | None = None, task: str | None = None, decode: bo
     kinds: Counter = Counter()
     first: list[dict] = []
     n = ok = 0
-    for e in _entries(reader):
+    for e in reader.entries():
         n += 1
         if e.error is not None:
             found = [("unreadable record", e.error)]
@@ -166,7 +162,7 @@ def stats(spec, split: str | None = None, max_images: int = 1000, top: int = 20)
     words: dict[str, list[int]] = {}
     per_image: list[int] = []
     counters = {k: Counter() for k in ("question_type", "answer_type", "answers", "label")}
-    for e in _entries(reader):
+    for e in reader.entries():
         n += 1
         if e.error is not None:
             bad += 1
