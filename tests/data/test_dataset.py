@@ -86,6 +86,9 @@ def test_stream_dataset_splits_shards_among_workers(shapes_dir, tmp_path, proces
     ids = [i for b in loader for i in b["ids"]]
     assert len(ids) == len(set(ids)) == 240
     assert ds.skipped == 1
+    # two processes of a distributed run read disjoint halves
+    halves = [[x["id"] for x in StreamDataset(open_dataset(spec), decode=False, rank=r, world_size=2)] for r in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == sorted(ids) and not set(halves[0]) & set(halves[1])
     # shuffling within a buffer is seeded
     a = [x["id"] for x in StreamDataset(open_dataset(spec), decode=False, shuffle_buffer=32, seed=5)]
     b = [x["id"] for x in StreamDataset(open_dataset(spec), decode=False, shuffle_buffer=32, seed=5)]

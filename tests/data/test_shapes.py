@@ -290,3 +290,11 @@ def test_generate_refuses_a_non_empty_directory(tmp_path):
         shapes.generate(tmp_path, n=4)
     with pytest.raises(DataError, match="size"):
         shapes.generate(tmp_path / "new", n=4, size=8)
+    out = tmp_path / "again"
+    shapes.generate(out, n=12, seed=1)
+    with pytest.raises(DataError, match="--overwrite"):
+        shapes.generate(out, n=12, seed=1)
+    before = _tree_digest(out)
+    shapes.generate(out, n=6, seed=2, overwrite=True)
+    shapes.generate(out, n=12, seed=1, overwrite=True)
+    assert _tree_digest(out) == before

@@ -17,7 +17,6 @@ import random
 import zlib
 from typing import Any, Iterator, Literal
 
-import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.formats import Entry, Reader, open_dataset
@@ -152,16 +151,17 @@ class RecordDataset(_Decoding, Dataset):
 class StreamDataset(_Decoding, IterableDataset):
     """Iterable dataset over a streaming reader (WebDataset shards).
 
-    Shards are divided among DataLoader workers and, when `rank`/`world_size` are given (or a
-    torch.distributed group is up), among processes, so no record is read twice.
+    Shards are divided among DataLoader workers and, when `rank`/`world_size` are given, among
+    processes, so no record is read twice. Leave rank/world_size unset under Accelerate's default
+    for iterable datasets (process 0 reads and dispatches the batches); set them when every
+    process reads for itself (`dispatch_batches=False`).
 
     Args:
         reader: a streaming reader (from `open_dataset`).
         decode: decode images into RGB PIL images.
         seed: seeds per-item choices and the shuffle buffer.
         shuffle_buffer: shuffle within a buffer of this many records (0: keep shard order).
-        rank, world_size: this process's share of the shards (default: from torch.distributed,
-            else 0 and 1).
+        rank, world_size: this process's share of the shards (default: all of them).
         max_pixels: the decompression-bomb limit.
     """
 
@@ -172,12 +172,7 @@ class StreamDataset(_Decoding, IterableDataset):
         self._init(decode, seed, max_pixels)
 
     def _share(self) -> tuple[int, int]:
-        rank, world = self.rank, self.world_size
-        if rank is None or world is None:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            else:
-                rank, world = 0, 1
+        rank, world = (self.rank, self.world_size) if self.world_size else (0, 1)
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return rank * nw + wid, world * nw
