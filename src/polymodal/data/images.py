@@ -64,10 +64,16 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     try:
         if img.mode == "RGB":
             return img
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(img, dtype=np.float64)
-            hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+            arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+            top = float(arr.max()) if arr.size else 0.0
+            if img.mode.startswith("I;16"):
+                hi = 65535.0  # 16-bit: the full range, so a dark image stays dark
+            elif img.mode == "F" and top <= 1.0:
+                hi = 1.0  # floats in [0, 1]
+            else:  # 32-bit ints / floats: the smallest usual range that holds the data
+                hi = next((h for h in (255.0, 4095.0, 65535.0) if top <= h), max(top, 1.0))
+            arr = np.clip(arr / hi * 255.0, 0, 255).round().astype(np.uint8)
             return Image.fromarray(arr, "L").convert("RGB")
         if img.mode == "P":
             img = img.convert("RGBA")

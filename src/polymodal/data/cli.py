@@ -1,0 +1,148 @@
+"""`polymodal data …`: generate, validate, stats, shard. A thin layer over polymodal.data.
+
+Mounted by the main CLI as `polymodal data`; `--json` prints JSON lines on stdout.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polymodal.errors import PolymodalError
+
+app = typer.Typer(help="Generate, check, summarise and shard datasets.", no_args_is_help=True,
+                  add_completion=False)
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False) if as_json else text)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def generate(
+    kind: str = typer.Argument("shapes", help="generator: shapes (the shapes world)"),
+    out: Path = typer.Option(..., "--out", help="directory to write"),
+    n: int = typer.Option(1000, "--n", help="number of images over all splits"),
+    seed: int = typer.Option(0, "--seed", help="dataset seed (image i depends on seed and i only)"),
+    size: int = typer.Option(64, "--size", help="canvas side in pixels (up to 224 usual)"),
+    split: str = typer.Option("train=0.8,val=0.05,test=0.1,comp=0.05", "--split",
+                              help="NAME=FRACTION or NAME=COUNT, comma separated; `comp` is the compositional split"),
+    noise: float = typer.Option(6.0, "--noise", help="pixel noise standard deviation (0 = clean)"),
+    min_objects: int = typer.Option(1, "--min-objects"),
+    max_objects: int = typer.Option(6, "--max-objects"),
+    workers: int = typer.Option(0, "--workers", help="rendering processes, 0 = one per core (same output for any number)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier shapes output in --out"),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="also save a PNG grid of a few scenes"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Generate a synthetic dataset (the shapes world) in all formats the readers take."""
+    from polymodal.data import shapes
+
+    if kind != "shapes":
+        _fail(PolymodalError(f"unknown generator {kind!r}; available: shapes"))
+    t0 = time.perf_counter()
+    try:
+        meta = shapes.generate(out, n=n, seed=seed, size=size, splits=split, noise=noise, workers=workers,
+                               min_objects=min_objects, max_objects=max_objects, overwrite=overwrite)
+        if preview is not None:
+            shapes.preview(preview, seed=seed, size=size)
+    except PolymodalError as exc:
+        _fail(exc)
+    seconds = round(time.perf_counter() - t0, 2)
+    summary = {"out": str(out), "n": meta["n"], "size": size, "seed": seed, "splits": meta["splits"],
+               "records": meta["counts"], "seconds": seconds}
+    lines = [f"wrote {meta['n']} images ({size}px, seed {seed}) to {out} in {seconds}s"]
+    for name, counts in meta["counts"].items():
+        lines.append(f"  {name:6s} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    lines.append(f"read it with e.g. shapes:{out}:vqa:train, jsonl:{out}/captions_train.jsonl, "
+                 f"coco:{out}/dataset_shapes.json:test")
+    _emit(summary, as_json, "\n".join(lines))
+
+
+@app.command()
+def validate(
+    spec: str = typer.Argument(..., help="dataset spec, e.g. jsonl:data/train.jsonl or a YAML file"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    task: Optional[str] = typer.Option(None, "--task", help="also require this task's fields "
+                                       "(pretrain, caption, vqa, classify, translate, ground)"),
+    decode: bool = typer.Option(True, "--decode/--no-decode", help="decode every image (else only check files exist)"),
+    max_errors: int = typer.Option(10, "--max-errors", help="offending records to list"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Check every record: missing or unreadable images, empty text, bad fields. Exit 1 if any is bad."""
+    from polymodal.data.tools import validate as run
+
+    try:
+        report = run(spec, split=split, task=task, decode=decode, max_errors=max_errors)
+    except PolymodalError as exc:
+        _fail(exc)
+    lines = [f"{report['spec']}: {report['records']} records, {report['ok']} ok, {report['bad']} bad "
+             f"({report['images']} images checked)"]
+    lines += [f"  {k}: {v}" for k, v in report["problems"].items()]
+    if report["first"]:
+        lines.append("first offending records:")
+        lines += [f"  {p['where']}: {p['problem']}" for p in report["first"]]
+    _emit(report, as_json, "\n".join(lines))
+    if report["bad"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    spec: str = typer.Argument(..., help="dataset spec"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    max_images: int = typer.Option(1000, "--max-images", help="images opened (headers) for the size summary"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Summarise a dataset: counts, image sizes, text lengths, answer and label distributions."""
+    from polymodal.data.tools import stats as run
+
+    try:
+        report = run(spec, split=split, max_images=max_images)
+    except PolymodalError as exc:
+        _fail(exc)
+    lines = [f"{report['spec']}: {report['records']} records, {report['images']} images"
+             + (f", {report['unreadable']} unreadable" if report["unreadable"] else "")]
+    if "image_size" in report:
+        w, h = report["image_size"]["width"], report["image_size"]["height"]
+        lines.append(f"  image size: width {w['min']}-{w['max']} (median {w['median']}), "
+                     f"height {h['min']}-{h['max']} (median {h['median']})")
+    for field, s in report.get("text_words", {}).items():
+        lines.append(f"  {field} length (words): {s['min']}-{s['max']}, mean {s['mean']}")
+    for key in ("question_type", "answer_type", "answers", "label"):
+        if key in report:
+            top = ", ".join(f"{k} {v}" for k, v in list(report[key]["top"].items())[:10])
+            lines.append(f"  {key} ({report[key]['distinct']} distinct): {top}")
+    _emit(report, as_json, "\n".join(lines))
+
+
+@app.command()
+def shard(
+    spec: str = typer.Argument(..., help="dataset spec"),
+    out: Path = typer.Option(..., "--out", help="folder for the shards"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    maxcount: int = typer.Option(1000, "--maxcount", help="records per shard"),
+    maxsize: int = typer.Option(1 << 30, "--maxsize", help="bytes per shard (about)"),
+    prefix: str = typer.Option("shards", "--prefix", help="shard file name prefix"),
+    shuffle_seed: Optional[int] = typer.Option(None, "--shuffle-seed", help="shuffle records before writing"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Write a dataset as WebDataset .tar shards, to stream data larger than memory or disk."""
+    from polymodal.data.tools import shard as run
+
+    try:
+        report = run(spec, out, split=split, maxcount=maxcount, maxsize=maxsize, prefix=prefix,
+                     shuffle_seed=shuffle_seed)
+    except PolymodalError as exc:
+        _fail(exc)
+    text = (f"wrote {report['records']} records in {len(report['shards'])} shard(s)"
+            + (f", skipped {report['skipped']}" if report["skipped"] else "") + f"; read them with {report['spec']}")
+    _emit(report, as_json, text)

@@ -1,0 +1,280 @@
+"""Collators: a list of items (records with decoded images) -> a batch dict of tensors, per task.
+
+Every collator takes a `processor` with
+  `process_images(list of PIL images) -> FloatTensor (B, 3, H, W)` and
+  `tokenize(list of str, max_length=None) -> {"input_ids": (B, T), "attention_mask": (B, T)}`.
+Items that are None (records a RecordDataset dropped) are left out; a batch with nothing left
+is None. Random choices (which of five captions) use the item's `_seed`, so batches do not
+depend on the number of DataLoader workers. Token targets (`labels`) are the target tokens with
+padding set to -100; shifting them for teacher forcing is the model's job, as in Hugging Face.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import torch
+
+from polymodal.data.vocab import Vocab, normalize_answer
+from polymodal.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+def _rng(item: dict) -> random.Random:
+    return random.Random(item.get("_seed", 0))
+
+
+def pick_caption(item: dict, field: str = "captions") -> str:
+    """One caption of an item: a seeded choice among `field` (a list), else `caption`."""
+    caps = item.get(field)
+    if isinstance(caps, list) and caps:
+        return _rng(item).choice(caps)
+    if field == "captions" and isinstance(item.get("caption"), str):
+        return item["caption"]
+    raise DataError(f"record {item.get('id', '?')} has no {field} (nor caption) to train on")
+
+
+def majority_answer(answers: Sequence[str]) -> str:
+    """The most common answer (the first of the most common on a tie)."""
+    counts = Counter(answers)
+    top = max(counts.values())
+    return next(a for a in answers if counts[a] == top)
+
+
+class Collator:
+    """Base: drops None items, stacks images, keeps ids. Subclasses add the task's tensors."""
+
+    task = ""
+
+    def __init__(self, processor, max_length: int | None = None):
+        self.processor, self.max_length = processor, max_length
+
+    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any] | None:
+        items = [x for x in items if x is not None]
+        if not items:
+            return None
+        batch: dict[str, Any] = {"ids": [str(x.get("id", "")) for x in items]}
+        images = [x.get("image") for x in items]
+        if all(im is not None for im in images):
+            batch["pixel_values"] = self.processor.process_images(images)  # (B, 3, H, W)
+        elif any(im is not None for im in images):
+            raise DataError("a batch mixes records with and without images; give every record an image or none")
+        batch.update(self.collate(items))
+        return batch
+
+    def collate(self, items: list[dict]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _tokens(self, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+        enc = self.processor.tokenize(texts, max_length=self.max_length)
+        return {f"{prefix}input_ids": enc["input_ids"], f"{prefix}attention_mask": enc["attention_mask"]}
+
+    def _targets(self, texts: list[str], tokenize: Callable | None = None) -> torch.Tensor:
+        """Target token ids (B, T) with -100 where padding."""
+        enc = (tokenize or self.processor.tokenize)(texts, max_length=self.max_length)
+        return enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+
+
+class PairCollator(Collator):
+    """Image-text pairs for contrastive (ITC) and matching (ITM) pretraining and retrieval.
+
+    Batch: pixel_values (B, 3, H, W), input_ids / attention_mask (B, T) of one caption per image,
+    texts, image_ids (records of one image share it: the loss must not treat them as negatives).
+    ITM negatives are mined in the batch by the objective, not here.
+    """
+
+    task = "pretrain"
+
+    def __init__(self, processor, max_length: int | None = None, field: str = "captions"):
+        super().__init__(processor, max_length)
+        self.field = field
+
+    def collate(self, items):
+        texts = [pick_caption(x, self.field) for x in items]
+        return {**self._tokens(texts), "texts": texts,
+                "image_ids": [str(x.get("image_id", x.get("id", ""))) for x in items]}
+
+
+class CaptionCollator(Collator):
+    """Captioning / image-conditioned LM: the caption is both input and target.
+
+    Batch: pixel_values, input_ids / attention_mask (B, T), labels (B, T) (-100 on padding),
+    references (every caption of each image, for metrics).
+
+    Args:
+        field: "captions" (English) or "captions_zh".
+    """
+
+    task = "caption"
+
+    def __init__(self, processor, max_length: int | None = None, field: str = "captions"):
+        super().__init__(processor, max_length)
+        self.field = field
+
+    def collate(self, items):
+        texts = [pick_caption(x, self.field) for x in items]
+        enc = self._tokens(texts)
+        refs = [list(x.get(self.field) or [x.get("caption", "")]) for x in items]
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX),
+                "references": refs}
+
+
+class VqaCollator(Collator):
+    """VQA as classification over an answer vocabulary built from the train answers.
+
+    Batch: pixel_values, input_ids / attention_mask of the question, targets (B, A) soft scores
+    (VQAv2: min(1, #annotators who gave the answer / 3); a single reference answer scores 1),
+    answer_ids (B,) the majority answer's index or -100 when out of vocabulary, answers (lists).
+
+    Args:
+        answers: the answer vocabulary (`Vocab.build(train answers, normalize=normalize_answer)`).
+        normalize: normalise answers before looking them up (match how the vocabulary was built).
+    """
+
+    task = "vqa"
+
+    def __init__(self, processor, answers: Vocab, max_length: int | None = None, normalize: bool = True):
+        super().__init__(processor, max_length)
+        self.answers, self.normalize = answers, normalize
+
+    def collate(self, items):
+        questions = [x["question"] for x in items]
+        targets = torch.zeros(len(items), len(self.answers))
+        answer_ids = torch.full((len(items),), IGNORE_INDEX, dtype=torch.long)
+        refs = []
+        for b, x in enumerate(items):
+            given = [normalize_answer(a) if self.normalize else a for a in x.get("answers") or []]
+            refs.append(list(x.get("answers") or []))
+            if not given:
+                continue
+            denom = min(3, len(given))
+            for a, k in Counter(given).items():
+                i = self.answers.index(a, default=-1)
+                if i >= 0:
+                    targets[b, i] = min(1.0, k / denom)
+            answer_ids[b] = self.answers.index(majority_answer(given), default=IGNORE_INDEX)
+        return {**self._tokens(questions), "targets": targets, "answer_ids": answer_ids, "answers": refs,
+                "question_types": [x.get("question_type") for x in items]}
+
+
+class VqaGenerateCollator(Collator):
+    """VQA answered generatively: question in, answer tokens out.
+
+    Batch: pixel_values, input_ids / attention_mask of the question, labels (B, Ta) of the
+    majority answer (-100 on padding), answers (every reference answer).
+    """
+
+    task = "vqa_generate"
+
+    def collate(self, items):
+        questions = [x["question"] for x in items]
+        refs = [list(x.get("answers") or []) for x in items]
+        if not all(refs):
+            raise DataError("generative VQA training needs answers for every question")
+        return {**self._tokens(questions), "labels": self._targets([majority_answer(r) for r in refs]),
+                "answers": refs, "question_types": [x.get("question_type") for x in items]}
+
+
+class ClassifyCollator(Collator):
+    """(Multimodal) classification: image (+ `text`, when the records have one) -> class.
+
+    Batch: pixel_values, input_ids / attention_mask of the text (when there is text),
+    labels (B,) class indices.
+
+    Args:
+        labels: the class vocabulary (`Vocab.build(train labels, order="sorted")`).
+    """
+
+    task = "classify"
+
+    def __init__(self, processor, labels: Vocab, max_length: int | None = None):
+        super().__init__(processor, max_length)
+        self.labels = labels
+
+    def collate(self, items):
+        out: dict[str, Any] = {"labels": torch.tensor([self.labels.index(x["label"]) for x in items])}
+        texts = [x.get("text") for x in items]
+        if all(isinstance(t, str) for t in texts):
+            out.update(self._tokens(texts))
+        elif any(isinstance(t, str) for t in texts):
+            raise DataError("a batch mixes records with and without text; classification needs text for all or none")
+        return out
+
+
+class TranslationCollator(Collator):
+    """Multimodal translation: image + source sentence -> target sentence.
+
+    Batch: pixel_values (when the records have images), input_ids / attention_mask of the
+    source, labels (B, Tt) of the target (-100 on padding), references (target strings).
+
+    Args:
+        target_tokenize: tokenizer of the target language, same signature as
+            processor.tokenize (default: the processor's own; an English WordPiece vocabulary
+            maps most Chinese characters to [UNK], so give a Chinese-capable one for zh).
+    """
+
+    task = "translate"
+
+    def __init__(self, processor, max_length: int | None = None, target_tokenize: Callable | None = None):
+        super().__init__(processor, max_length)
+        self.target_tokenize = target_tokenize
+
+    def collate(self, items):
+        targets = [x["target"] for x in items]
+        return {**self._tokens([x["source"] for x in items]),
+                "labels": self._targets(targets, self.target_tokenize), "references": targets}
+
+
+class GroundingCollator(Collator):
+    """Grounding (localise the referred object).
+
+    Batch: pixel_values, input_ids / attention_mask of the referring expression, boxes (B, 4)
+    as (x0, y0, x1, y1) fractions of the image's width and height (so they survive resizing),
+    image_sizes (B, 2) as (width, height) of the original images.
+    """
+
+    task = "ground"
+
+    def collate(self, items):
+        sizes = torch.tensor([list(x["image"].size) for x in items], dtype=torch.float32)  # (B, 2) w, h
+        boxes = torch.tensor([[float(v) for v in x["box"]] for x in items], dtype=torch.float32)  # (B, 4)
+        boxes = (boxes / sizes.repeat(1, 2)).clamp(0.0, 1.0)
+        return {**self._tokens([x["ref"] for x in items]), "boxes": boxes, "image_sizes": sizes.long()}
+
+
+#: task name -> collator class
+COLLATORS: dict[str, type[Collator]] = {
+    "pretrain": PairCollator,
+    "retrieval": PairCollator,
+    "caption": CaptionCollator,
+    "vqa": VqaCollator,
+    "vqa_generate": VqaGenerateCollator,
+    "classify": ClassifyCollator,
+    "translate": TranslationCollator,
+    "ground": GroundingCollator,
+}
+
+
+def make_collator(task: str, processor, **kwargs) -> Collator:
+    """The collator of `task` (a key of COLLATORS), built with the processor and its options."""
+    if task not in COLLATORS:
+        raise DataError(f"no collator for task {task!r}; one of {', '.join(COLLATORS)}")
+    return COLLATORS[task](processor, **kwargs)
+
+
+def answer_vocab(records, max_size: int | None = 3129, min_count: int = 1) -> Vocab:
+    """The VQA answer vocabulary of (train) records: every reference answer, normalised, most common first."""
+    return Vocab.build((r.get("answers") or [] for r in records), max_size=max_size, min_count=min_count,
+                       normalize=normalize_answer)
+
+
+def label_vocab(records) -> Vocab:
+    """The class vocabulary of (train) records: every label, sorted."""
+    return Vocab.build((r["label"] for r in records if "label" in r), order="sorted")
+
+
+__all__ = ["Collator", "PairCollator", "CaptionCollator", "VqaCollator", "VqaGenerateCollator", "ClassifyCollator",
+           "TranslationCollator", "GroundingCollator", "COLLATORS", "make_collator", "answer_vocab", "label_vocab",
+           "pick_caption", "majority_answer", "IGNORE_INDEX"]

@@ -1,0 +1,76 @@
+"""The field names of a record, defined once.
+
+Every reader turns its format into plain dicts with these keys (docs/data.md describes them);
+training, evaluation and the data tools read nothing else. A spec's `fields:` mapping renames
+a user's keys to these.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: Every field a record may carry, with what it holds.
+FIELDS: dict[str, str] = {
+    "id": "str, unique within the dataset (a question id, a caption-pair id, an image id)",
+    "image": "the image: a path (str, resolved against the manifest's folder), bytes, or a PIL image",
+    "image_id": "str, the image a record belongs to (several questions share one image)",
+    "caption": "str, one caption (the first of `captions` when there are several)",
+    "captions": "list[str], every reference caption of the image",
+    "captions_zh": "list[str], Chinese captions, parallel to `captions`",
+    "question": "str, a question about the image",
+    "answers": "list[str], the reference answers (VQAv2: 10 per question)",
+    "answer": "str, the single most common answer",
+    "question_type": "str, the kind of question (shapes world: color, shape, count, exist, relation, size)",
+    "answer_type": "str, VQAv2 answer type: yes/no, number or other",
+    "text": "str, a text that goes with the image (multimodal classification)",
+    "label": "str or int, the class of the image (+ text)",
+    "source": "str, the sentence to translate",
+    "target": "str, its translation",
+    "ref": "str, a referring expression naming one object",
+    "box": "[x0, y0, x1, y1], that object's box in pixels of the image",
+    "scene": "dict, the shapes-world scene record (objects with shape, color, size, box, center)",
+    "split": "str, the split the record belongs to",
+}
+
+#: Text fields that must be non-empty strings when present.
+TEXT_FIELDS = ("caption", "question", "text", "source", "target", "ref", "answer")
+
+#: Fields a record needs for each task (a tuple inside means "one of these").
+TASK_FIELDS: dict[str, tuple] = {
+    "pretrain": ("image", ("caption", "captions")),
+    "retrieval": ("image", ("caption", "captions")),
+    "caption": ("image", ("caption", "captions")),
+    "vqa": ("image", "question", "answers"),
+    "classify": ("image", "label"),
+    "translate": ("source", "target"),
+    "ground": ("image", "ref", "box"),
+}
+
+
+def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """Fill the derived fields so every reader's records look alike (in place, returns rec).
+
+    `answers` becomes a list and `answer` its first item when missing; `captions` a list and
+    `caption` its first item; ids become strings.
+    """
+    if isinstance(rec.get("answers"), str):
+        rec["answers"] = [rec["answers"]]
+    if "answers" not in rec and isinstance(rec.get("answer"), str):
+        rec["answers"] = [rec["answer"]]
+    if isinstance(rec.get("captions"), str):
+        rec["captions"] = [rec["captions"]]
+    if "caption" not in rec and isinstance(rec.get("captions"), list) and rec["captions"]:
+        rec["caption"] = rec["captions"][0]
+    for key in ("id", "image_id"):
+        if key in rec and isinstance(rec[key], int) and not isinstance(rec[key], bool):
+            rec[key] = str(rec[key])
+    return rec
+
+
+def missing_fields(rec: dict[str, Any], task: str) -> list[str]:
+    """The fields of `task` (see TASK_FIELDS) that `rec` lacks, as readable names."""
+    out = []
+    for need in TASK_FIELDS[task]:
+        names = need if isinstance(need, tuple) else (need,)
+        if not any(rec.get(n) not in (None, "", []) for n in names):
+            out.append(" or ".join(names))
+    return out

@@ -1,0 +1,903 @@
+"""Shapes world: a seeded, procedural vision-language dataset with exact ground truth.
+
+Each image is a scene of 1-6 coloured shapes on a noisy dark canvas. From the scene record
+(shape, colour, size, box and centre of every object) we derive, exactly:
+
+* captions in English and Chinese (parallel, several templates per image),
+* question-answer pairs (colour, shape, count, existence, spatial relation, size),
+* true/false statements for multimodal classification (image + text both needed),
+* referring expressions with the referred object's box,
+* English -> Chinese caption pairs for translation.
+
+Every image is drawn from its own RNG seeded by (seed, index), so generation is deterministic,
+parallel and any subset can be regenerated. `generate()` writes the real formats the readers
+of `polymodal.data.formats` read (JSONL manifests, COCO captions, Karpathy split file, VQAv2
+JSON, class-per-folder tree); see docs/data.md for the layout.
+
+A compositional split (`comp`, after CLEVR-CoGenT) holds colour-shape pairs (`HELD_OUT`)
+that never occur in the other splits, neither in pixels nor in text.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from polymodal.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+# ----------------------------------------------------------------------------------------
+# The world: shapes, colours, sizes, and their words
+# ----------------------------------------------------------------------------------------
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+#: Canonical RGB of each colour (each object gets a small jitter around it).
+COLORS = {
+    "red": (215, 45, 45),
+    "orange": (240, 140, 30),
+    "yellow": (235, 215, 50),
+    "green": (50, 170, 70),
+    "cyan": (40, 200, 210),
+    "blue": (45, 90, 225),
+    "purple": (150, 70, 200),
+    "white": (235, 235, 235),
+}
+SIZES = ("small", "large")
+#: Object half-extent as a fraction of the canvas side, per size class.
+SIZE_RADIUS = {"small": 0.075, "large": 0.13}
+
+#: Colour-shape pairs kept out of every split but `comp` (compositional generalisation).
+#: Every shape keeps 6 colours and every colour keeps >= 3 shapes in training.
+HELD_OUT = (
+    ("red", "triangle"), ("orange", "circle"), ("yellow", "diamond"), ("green", "cross"),
+    ("cyan", "square"), ("blue", "triangle"), ("purple", "circle"), ("white", "diamond"),
+    ("red", "cross"), ("blue", "square"),
+)
+COMPOSITIONAL_SPLIT = "comp"
+
+#: Words of the world, canonical form first. `en` lists singular and plural forms and
+#: synonyms; `zh` the Chinese words (longest first matters only for matching, handled below).
+VOCAB: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "shape": {
+        "circle": {"en": ("circle", "circles", "disc", "discs", "disk", "disks"), "zh": ("圆形", "圆")},
+        "square": {"en": ("square", "squares"), "zh": ("正方形", "方形", "方块")},
+        "triangle": {"en": ("triangle", "triangles"), "zh": ("三角形", "三角")},
+        "diamond": {"en": ("diamond", "diamonds", "rhombus", "rhombuses"), "zh": ("菱形",)},
+        "cross": {"en": ("cross", "crosses", "plus", "pluses"), "zh": ("十字形", "十字")},
+    },
+    "color": {
+        "red": {"en": ("red",), "zh": ("红色", "红")},
+        "orange": {"en": ("orange",), "zh": ("橙色", "橘色", "橙")},
+        "yellow": {"en": ("yellow",), "zh": ("黄色", "黄")},
+        "green": {"en": ("green",), "zh": ("绿色", "绿")},
+        "cyan": {"en": ("cyan", "turquoise", "teal"), "zh": ("青色", "青")},
+        "blue": {"en": ("blue",), "zh": ("蓝色", "蓝")},
+        "purple": {"en": ("purple", "violet"), "zh": ("紫色", "紫")},
+        "white": {"en": ("white",), "zh": ("白色", "白")},
+    },
+    "size": {
+        "small": {"en": ("small", "little", "tiny"), "zh": ("小的", "小")},
+        "large": {"en": ("large", "big", "huge"), "zh": ("大的", "大")},
+    },
+}
+#: Nouns that name an object without naming its shape ("the red object").
+GENERIC_NOUNS = {"en": ("object", "objects", "shape", "shapes", "thing", "things"),
+                 "zh": ("物体", "图形", "东西")}
+NUMBERS_EN = {0: "no", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven",
+              8: "eight", 9: "nine", 10: "ten"}
+NUMBERS_ZH = {1: "一", 2: "两", 3: "三", 4: "四", 5: "五", 6: "六", 7: "七", 8: "八", 9: "九", 10: "十"}
+PLURAL_EN = {s: VOCAB["shape"][s]["en"][1] for s in SHAPES}
+ZH = {**{s: VOCAB["shape"][s]["zh"][0] for s in SHAPES},
+      **{c: VOCAB["color"][c]["zh"][0] for c in COLORS},
+      "small": "小的", "large": "大的"}
+RELATIONS = ("left", "right", "above", "below")
+REL_EN = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+REL_ZH = {"left": "左边", "right": "右边", "above": "上方", "below": "下方"}
+#: The closed answer vocabulary of the questions (answers are also plain words, usable generatively).
+ANSWERS = ("yes", "no", *COLORS, *SHAPES, *(str(k) for k in range(9)))
+
+
+# ----------------------------------------------------------------------------------------
+# Scenes
+# ----------------------------------------------------------------------------------------
+
+def _vertices(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Polygon of a shape centred at (cx, cy) with half-extent r, rotated by `angle` radians."""
+    if shape == "square":
+        h = 0.85 * r
+        pts = [(-h, -h), (h, -h), (h, h), (-h, h)]
+    elif shape == "diamond":  # a rhombus taller than wide, so it never looks like a turned square
+        pts = [(0, -r), (0.68 * r, 0), (0, r), (-0.68 * r, 0)]
+    elif shape == "triangle":  # equilateral, pointing up, its box centred on (cx, cy)
+        pts = [(0, -r), (0.866 * r, 0.5 * r), (-0.866 * r, 0.5 * r)]
+        pts = [(x, y + 0.25 * r) for x, y in pts]
+    elif shape == "cross":
+        w, a = 0.34 * r, 0.95 * r
+        pts = [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w),
+               (-a, w), (-a, -w), (-w, -w)]
+    else:
+        raise ValueError(f"no polygon for shape {shape!r}")
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _allowed_combos(split: str) -> list[tuple[str, str]]:
+    held = set(HELD_OUT)
+    return [(c, s) for c in COLORS for s in SHAPES if (c, s) not in held or split == COMPOSITIONAL_SPLIT]
+
+
+def sample_scene(rnd: random.Random, size: int = 64, split: str = "train",
+                 min_objects: int = 1, max_objects: int = 6) -> dict:
+    """Sample a scene record: objects with shape, colour, size, box (x0, y0, x1, y1 pixels), centre.
+
+    Args:
+        rnd: the image's own random generator.
+        size: canvas side in pixels.
+        split: `comp` scenes hold at least one HELD_OUT colour-shape pair; other splits none.
+        min_objects, max_objects: bounds of the uniform object count (objects that cannot be
+            placed without overlap are dropped, so a crowded scene may hold fewer).
+    """
+    combos = _allowed_combos(split)
+    k = rnd.randint(min_objects, max_objects)
+    picks = [rnd.choice(combos) for _ in range(k)]
+    if split == COMPOSITIONAL_SPLIT and not any(p in HELD_OUT for p in picks):
+        picks[rnd.randrange(k)] = rnd.choice(HELD_OUT)
+    sizes = [rnd.choice(SIZES) for _ in range(k)]
+    objects, placed = [], []  # placed: (cx, cy, r) used for the overlap test
+    # Large objects first: they are the hard ones to fit.
+    for j in sorted(range(k), key=lambda j: sizes[j] != "large"):
+        color, shape = picks[j]
+        for size_name in (sizes[j], "small"):
+            r = SIZE_RADIUS[size_name] * size * rnd.uniform(0.92, 1.08)
+            spot = None
+            for _ in range(60):
+                cx, cy = rnd.uniform(r + 1, size - r - 1), rnd.uniform(r + 1, size - r - 1)
+                gap = max(3.0, 0.03 * size)  # boxes (rounded outwards) never touch
+                if all(abs(cx - px) >= r + pr + gap or abs(cy - py) >= r + pr + gap for px, py, pr in placed):
+                    spot = (cx, cy)
+                    break
+            if spot is not None:
+                break
+        if spot is None:
+            continue  # no room left: drop the object rather than overlap
+        placed.append((spot[0], spot[1], r))
+        o = {"shape": shape, "color": color, "size": size_name,
+             "center": [round(spot[0], 2), round(spot[1], 2)], "radius": round(r, 3),
+             "angle": 0.0 if shape == "circle" else round(rnd.uniform(-12, 12), 2),
+             "rgb": [min(255, max(0, v + rnd.randint(-18, 18))) for v in COLORS[color]]}
+        objects.append({**o, "box": _box(o, size)})
+    if split == COMPOSITIONAL_SPLIT and not any((o["color"], o["shape"]) in HELD_OUT for o in objects):
+        # the held-out object was dropped for lack of room: recolour a placed one instead
+        # (every shape has held-out colours)
+        o = objects[0]
+        o["color"] = rnd.choice([c for c, s in HELD_OUT if s == o["shape"]])
+        o["rgb"] = [min(255, max(0, v + rnd.randint(-18, 18))) for v in COLORS[o["color"]]]
+    bg = rnd.randint(18, 70)
+    return {"width": size, "height": size,
+            "background": [min(255, max(0, bg + rnd.randint(-8, 8))) for _ in range(3)],
+            "objects": objects}
+
+
+SUPERSAMPLE = 2  # objects are drawn at 2x and box-filtered down: anti-aliased edges
+
+
+def _draw(draw: ImageDraw.ImageDraw, o: dict, fill) -> None:
+    """Draw object `o` at SUPERSAMPLE times its scene coordinates."""
+    k = SUPERSAMPLE
+    cx, cy, r = o["center"][0] * k, o["center"][1] * k, o["radius"] * k
+    if o["shape"] == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(_vertices(o["shape"], cx, cy, r, math.radians(o["angle"])), fill=fill)
+
+
+def _box(o: dict, size: int) -> list[int]:
+    """The object's box [x0, y0, x1, y1) in pixels: exactly the pixels its drawing touches."""
+    mask = Image.new("1", (size * SUPERSAMPLE, size * SUPERSAMPLE), 0)
+    _draw(ImageDraw.Draw(mask), o, 1)
+    x0, y0, x1, y1 = mask.getbbox()
+    k = SUPERSAMPLE
+    return [x0 // k, y0 // k, -(-x1 // k), -(-y1 // k)]
+
+
+def render(scene: dict, noise: float = 6.0, seed: Sequence[int] | int = 0) -> Image.Image:
+    """Draw a scene record into an RGB PIL image.
+
+    Args:
+        scene: a record from `sample_scene`.
+        noise: standard deviation (0-255 scale) of the Gaussian pixel noise; 0 for none.
+        seed: seeds the noise (use the image's (seed, index)).
+    """
+    w, h, k = scene["width"], scene["height"], SUPERSAMPLE
+    img = Image.new("RGB", (w * k, h * k), tuple(scene["background"]))
+    draw = ImageDraw.Draw(img)
+    for o in scene["objects"]:
+        _draw(draw, o, tuple(o["rgb"]))
+    img = img.reduce(k)
+    if noise > 0:
+        rng = np.random.default_rng(seed)
+        arr = np.asarray(img, dtype=np.int16)  # (H, W, 3)
+        arr = arr + rng.normal(0.0, noise, size=arr.shape).astype(np.int16)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return img
+
+
+# ----------------------------------------------------------------------------------------
+# Words for objects
+# ----------------------------------------------------------------------------------------
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _np_en(o: dict, attrs: Sequence[str] = ("size", "color", "shape"), det: str | None = "a",
+           count: int = 1) -> str:
+    """English noun phrase: 'a large red circle', 'two red circles', 'the small object'."""
+    words = [o[a] for a in ("size", "color") if a in attrs]
+    noun = o["shape"] if "shape" in attrs else "object"
+    if count != 1:
+        noun = PLURAL_EN.get(noun, noun + "s")
+    phrase = " ".join(words + [noun])
+    if count != 1:
+        return f"{NUMBERS_EN[count]} {phrase}"
+    if det == "a":
+        return f"{_article(phrase)} {phrase}"
+    return f"{det} {phrase}" if det else phrase
+
+
+def _np_zh(o: dict, attrs: Sequence[str] = ("size", "color", "shape"), count: int | None = 1) -> str:
+    """Chinese noun phrase: '一个大的红色圆形'; count=None drops the numeral ('红色圆形')."""
+    words = [ZH[o[a]] for a in ("size", "color") if a in attrs]
+    noun = ZH[o["shape"]] if "shape" in attrs else "物体"
+    return (f"{NUMBERS_ZH[count]}个" if count else "") + "".join(words) + noun
+
+
+def _join_en(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _join_zh(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else "、".join(parts[:-1]) + "和" + parts[-1]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def relation(a: dict, b: dict, size: int) -> list[str]:
+    """The relations of object a to object b that are clear (centres >= 10% of the canvas apart)."""
+    dx, dy = a["center"][0] - b["center"][0], a["center"][1] - b["center"][1]
+    t = 0.1 * size
+    rels = []
+    if dx <= -t:
+        rels.append("left")
+    if dx >= t:
+        rels.append("right")
+    if dy <= -t:
+        rels.append("above")
+    if dy >= t:
+        rels.append("below")
+    return rels
+
+
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def _matches(o: dict, desc: dict) -> bool:
+    return all(o[a] == v for a, v in desc.items())
+
+
+_REF_SUBSETS = (("shape",), ("color", "shape"), ("size", "shape"), ("color",), ("size", "color"),
+                ("size", "color", "shape"), ("size",))
+
+
+@functools.lru_cache(maxsize=256)
+def _subset_counts(sig: tuple[tuple[str, str, str], ...]) -> dict[tuple[str, ...], Counter]:
+    """For each attribute subset, how many objects share each value tuple (sig: (size, color, shape) per object)."""
+    pos = {"size": 0, "color": 1, "shape": 2}
+    return {s: Counter(tuple(t[pos[a]] for a in s) for t in sig) for s in _REF_SUBSETS}
+
+
+def _refer(objs: list[dict], i: int, rnd: random.Random, attrs: Sequence[str] = ("size", "color", "shape"),
+           position: bool = True, canvas: int = 64) -> tuple[str, dict] | None:
+    """A referring expression that picks out objs[i] uniquely, using only `attrs` (and, if
+    `position`, 'leftmost'/'topmost'/...). Returns (English phrase without article, attributes)."""
+    o = objs[i]
+    counts = _subset_counts(tuple((p["size"], p["color"], p["shape"]) for p in objs))
+    unique = [s for s in _REF_SUBSETS
+              if all(a in attrs for a in s) and counts[s][tuple(o[a] for a in s)] == 1]
+    if unique:
+        s = rnd.choice(unique)
+        return _np_en(o, s, det=None), {a: o[a] for a in s}
+    if not position:
+        return None
+    full = tuple(a for a in ("size", "color", "shape") if a in attrs)
+    same = [p for p in objs if _matches(p, {a: o[a] for a in full})]
+    for word, axis, sign in (("leftmost", 0, 1), ("rightmost", 0, -1), ("topmost", 1, 1), ("bottommost", 1, -1)):
+        # objs[i] must beat every look-alike on that axis by a visible margin
+        if all(p is o or sign * (p["center"][axis] - o["center"][axis]) >= 0.08 * canvas for p in same):
+            return f"{word} " + _np_en(o, full, det=None), {**{a: o[a] for a in full}, "position": word}
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Derived text: captions, questions, statements, referring expressions
+# ----------------------------------------------------------------------------------------
+
+def captions(scene: dict, rnd: random.Random) -> tuple[list[str], list[str]]:
+    """Five parallel (English, Chinese) captions of the scene, from five templates."""
+    objs, size = scene["objects"], scene["width"]
+    ltr = sorted(objs, key=lambda o: o["center"][0])
+    n = len(objs)
+    en, zh = [], []
+    # 1. every object, left to right, with sizes
+    en.append(_cap(_join_en([_np_en(o) for o in ltr])) + ".")
+    zh.append(_join_zh([_np_zh(o) for o in ltr]) + "。")
+    # 2. the count, then every object in random order without sizes
+    shuffled = rnd.sample(objs, n)
+    noun_en, noun_zh = rnd.choice([("shape", "图形"), ("object", "物体")])
+    attrs = ("color", "shape")
+    if n == 1:
+        en.append(f"There is one {noun_en}: {_np_en(objs[0], attrs)}.")
+    else:
+        en.append(f"There are {NUMBERS_EN[n]} {noun_en}s: {_join_en([_np_en(o, attrs) for o in shuffled])}.")
+    zh.append(f"图中有{NUMBERS_ZH[n]}个{noun_zh}：{_join_zh([_np_zh(o, attrs) for o in shuffled])}。")
+    # 3. grouped by colour and shape: "two red circles and a blue square"
+    groups = Counter((o["color"], o["shape"]) for o in ltr)
+    parts_en = [_np_en({"color": c, "shape": s}, attrs, count=k) for (c, s), k in groups.items()]
+    parts_zh = [_np_zh({"color": c, "shape": s}, attrs, count=k) for (c, s), k in groups.items()]
+    en.append(f"An image with {_join_en(parts_en)}.")
+    zh.append(f"一张有{_join_zh(parts_zh)}的图片。")
+    # 4. one clear spatial relation (or the single object)
+    pairs = [(a, b, r) for a in objs for b in objs if a is not b for r in relation(a, b, size)]
+    if pairs:
+        a, b, r = rnd.choice(pairs)
+        en.append(f"{_cap(_np_en(a, attrs))} is {REL_EN[r]} {_np_en(b, attrs)}.")
+        zh.append(f"{_np_zh(a, attrs, None)}在{_np_zh(b, attrs, None)}的{REL_ZH[r]}。")
+    else:
+        o = max(objs, key=lambda o: o["radius"])
+        en.append(f"{_cap(_np_en(o))} on a dark background.")
+        zh.append(f"深色背景上有{_np_zh(o)}。")
+    # 5. left to right, without sizes
+    en.append(f"From left to right: {_join_en([_np_en(o, attrs) for o in ltr])}.")
+    zh.append(f"从左到右依次是：{_join_zh([_np_zh(o, attrs) for o in ltr])}。")
+    return en, zh
+
+
+def _count_desc(rnd: random.Random, objs: list[dict], combos: list[tuple[str, str]]) -> dict:
+    kind = rnd.choice(["all", "color", "shape", "color_shape", "size_shape"])
+    if kind == "all":
+        return {}
+    o = rnd.choice(objs)
+    if rnd.random() < 0.25:  # sometimes ask about something absent (answer 0)
+        c, s = rnd.choice(combos)
+        o = {"color": c, "shape": s, "size": rnd.choice(SIZES)}
+    keys = {"color": ("color",), "shape": ("shape",), "color_shape": ("color", "shape"),
+            "size_shape": ("size", "shape")}[kind]
+    return {k: o[k] for k in keys}
+
+
+def _desc_plural(desc: dict) -> str:
+    words = [desc[a] for a in ("size", "color") if a in desc]
+    return " ".join(words + [PLURAL_EN[desc["shape"]] if "shape" in desc else "objects"])
+
+
+def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dict]:
+    """Question-answer pairs of six types, each answered from the scene record.
+
+    Returns a list of {"question", "answer", "question_type", "answer_type"} (answer_type as
+    in VQAv2: "yes/no", "number" or "other").
+    """
+    objs, size = scene["objects"], scene["width"]
+    combos = _allowed_combos(split)
+    out: list[dict] = []
+
+    def add(q, a, qtype):
+        atype = "yes/no" if a in ("yes", "no") else "number" if a.isdigit() else "other"
+        out.append({"question": q, "answer": a, "question_type": qtype, "answer_type": atype})
+
+    order = rnd.sample(range(len(objs)), len(objs))
+    # colour: refer without naming the colour
+    for i in order:
+        ref = _refer(objs, i, rnd, attrs=("size", "shape"), canvas=size)
+        if ref:
+            q = rnd.choice(["What color is the {}?", "What is the color of the {}?", "Which color is the {}?"])
+            add(q.format(ref[0]), objs[i]["color"], "color")
+            break
+    # shape: refer without naming the shape
+    for i in order:
+        ref = _refer(objs, i, rnd, attrs=("size", "color"), canvas=size)
+        if ref:
+            q = rnd.choice(["What shape is the {}?", "What is the shape of the {}?"])
+            add(q.format(ref[0]), objs[i]["shape"], "shape")
+            break
+    # count
+    desc = _count_desc(rnd, objs, combos)
+    k = sum(_matches(o, desc) for o in objs)
+    add(f"How many {_desc_plural(desc)} are there?", str(k), "count")
+    # existence, balanced yes / no
+    present = sorted({(o["color"], o["shape"]) for o in objs})
+    absent = [c for c in combos if c not in present]
+    if rnd.random() < 0.5 or not absent:
+        (c, s), a = rnd.choice(present), "yes"
+    else:
+        (c, s), a = rnd.choice(absent), "no"
+    if rnd.random() < 0.5:
+        add(f"Is there {_article(c)} {c} {s}?", a, "exist")
+    else:
+        add(f"Are there any {c} {PLURAL_EN[s]}?", a, "exist")
+    # spatial relation between two uniquely named objects, balanced yes / no
+    pairs = [(i, j, r) for i in order for j in order if i != j for r in relation(objs[i], objs[j], size)]
+    rnd.shuffle(pairs)
+    for i, j, r in pairs:
+        ra = _refer(objs, i, rnd, position=False)
+        rb = _refer(objs, j, rnd, position=False)
+        if ra and rb:
+            asked, a = (r, "yes") if rnd.random() < 0.5 else (OPPOSITE[r], "no")
+            add(f"Is the {ra[0]} {REL_EN[asked]} the {rb[0]}?", a, "relation")
+            break
+    # size comparison between two objects named without their sizes
+    pairs = [(i, j) for i in order for j in order if i < j]
+    rnd.shuffle(pairs)
+    for i, j in pairs:
+        ra = _refer(objs, i, rnd, attrs=("color", "shape"), position=False)
+        rb = _refer(objs, j, rnd, attrs=("color", "shape"), position=False)
+        if ra and rb:
+            si, sj = objs[i]["size"], objs[j]["size"]
+            a, b = ra[0], rb[0]
+            if rnd.random() < 0.5:
+                a, b, si, sj = b, a, sj, si
+            # every form with its answer; pick the answer first, so yes and no are equally likely
+            forms = [(f"Are the {a} and the {b} the same size?", si == sj),
+                     (f"Is the {a} larger than the {b}?", (si, sj) == ("large", "small")),
+                     (f"Is the {a} smaller than the {b}?", (si, sj) == ("small", "large"))]
+            want = rnd.random() < 0.5
+            q, truth = rnd.choice([f for f in forms if f[1] == want])
+            add(q, "yes" if truth else "no", "size")
+            break
+    return out
+
+
+def statements(scene: dict, rnd: random.Random, split: str = "train") -> list[dict]:
+    """One true and one false statement about the scene, in random order: {"text", "label"}."""
+    objs, size = scene["objects"], scene["width"]
+    combos = _allowed_combos(split)
+    present = {(o["color"], o["shape"]) for o in objs}
+    made: dict[bool, str] = {}
+    kinds = ["exist", "count", "relation", "color", "shape"]
+    for _ in range(40):
+        if len(made) == 2:
+            break
+        want = rnd.choice([b for b in (True, False) if b not in made])
+        kind = rnd.choice(kinds)
+        text = None
+        if kind == "exist":
+            pool = sorted(present) if want else [c for c in combos if c not in present]
+            if pool:
+                c, s = rnd.choice(pool)
+                text = f"There is {_article(c)} {c} {s}."
+        elif kind == "count":
+            desc = _count_desc(rnd, objs, combos)
+            k = sum(_matches(o, desc) for o in objs)
+            if not want:
+                k = rnd.choice([v for v in (k - 1, k + 1, k + 2) if v >= 0])
+            noun = _desc_plural(desc)
+            if k == 1:
+                noun = " ".join([desc[a] for a in ("size", "color") if a in desc] + [desc.get("shape", "object")])
+            text = f"There {'is' if k == 1 else 'are'} {NUMBERS_EN[k]} {noun}."
+        elif kind == "relation":
+            pairs = [(i, j, r) for i in range(len(objs)) for j in range(len(objs)) if i != j
+                     for r in relation(objs[i], objs[j], size)]
+            if pairs:
+                i, j, r = rnd.choice(pairs)
+                ra, rb = _refer(objs, i, rnd, position=False), _refer(objs, j, rnd, position=False)
+                if ra and rb:
+                    text = f"The {ra[0]} is {REL_EN[r if want else OPPOSITE[r]]} the {rb[0]}."
+        elif kind in ("color", "shape"):
+            i = rnd.randrange(len(objs))
+            other = [a for a in ("size", "color", "shape") if a != kind]
+            ref = _refer(objs, i, rnd, attrs=other, position=False)
+            if ref:
+                value = objs[i][kind]
+                if not want:
+                    # a wrong value that still names an allowed pair (no held-out pair in text)
+                    pool = [c if kind == "color" else s for c, s in combos
+                            if (s == objs[i]["shape"] if kind == "color" else c == objs[i]["color"])
+                            and (c if kind == "color" else s) != value]
+                    if not pool:
+                        continue
+                    value = rnd.choice(pool)
+                text = f"The {ref[0]} is {value}." if kind == "color" else \
+                    f"The {ref[0]} is {_article(value)} {value}."
+        if text:
+            made[want] = text
+    out = [{"text": t, "label": "true" if b else "false"} for b, t in made.items()]
+    rnd.shuffle(out)
+    return out
+
+
+def referring(scene: dict, rnd: random.Random) -> list[dict]:
+    """A referring expression for every object that can be named uniquely: {"ref", "box"}."""
+    objs = scene["objects"]
+    out = []
+    for i, o in enumerate(objs):
+        ref = _refer(objs, i, rnd, canvas=scene["width"])
+        if ref:
+            out.append({"ref": f"the {ref[0]}", "box": list(o["box"])})
+    return out
+
+
+def describe(scene: dict, rnd: random.Random, split: str = "train") -> dict:
+    """All derived text of a scene: captions (en, zh), qa, statements, refs."""
+    en, zh = captions(scene, rnd)
+    return {"captions": en, "captions_zh": zh, "qa": questions(scene, rnd, split),
+            "statements": statements(scene, rnd, split), "refs": referring(scene, rnd)}
+
+
+# ----------------------------------------------------------------------------------------
+# Concepts mentioned in a caption (for hallucination metrics such as CHAIR)
+# ----------------------------------------------------------------------------------------
+
+def _word_table(lang: str) -> dict[str, tuple[str, str]]:
+    table = {}
+    for kind, entries in VOCAB.items():
+        for canon, words in entries.items():
+            for w in words[lang]:
+                table[w] = (kind, canon)
+    for w in GENERIC_NOUNS[lang]:
+        table[w] = ("noun", "")
+    return table
+
+
+_EN_WORDS = _word_table("en")
+_ZH_WORDS = _word_table("zh")
+_ZH_PATTERN = re.compile("|".join(sorted(map(re.escape, list(_ZH_WORDS) + list(NUMBERS_ZH.values())
+                                             + ["二", "没有"]), key=len, reverse=True)))
+_EN_NUMBERS = {w: k for k, w in NUMBERS_EN.items()} | {"zero": 0, "single": 1}
+_ZH_NUMBERS = {w: k for k, w in NUMBERS_ZH.items()} | {"二": 2, "没有": 0}
+
+
+def extract_concepts(text: str, lang: str | None = None) -> list[dict]:
+    """Objects a caption mentions, with the attributes and count attached to each.
+
+    "Two red circles and a small square" -> [{"shape": "circle", "color": "red", "size": None,
+    "count": 2}, {"shape": "square", "color": None, "size": "small", "count": None}].
+    Generic nouns ("the red object") give shape None. Count 0 ("no squares") claims absence.
+
+    Args:
+        text: an English or Chinese caption.
+        lang: "en" or "zh"; guessed from the characters when None.
+    """
+    if lang is None:
+        lang = "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+    if lang == "en":
+        tokens = re.findall(r"[a-z]+", text.lower())
+        table, numbers = _EN_WORDS, _EN_NUMBERS
+    elif lang == "zh":
+        tokens = _ZH_PATTERN.findall(text)
+        table, numbers = _ZH_WORDS, _ZH_NUMBERS
+    else:
+        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
+    mentions, pending = [], {"color": None, "size": None, "count": None}
+    for tok in tokens:
+        if tok in numbers:
+            pending["count"] = numbers[tok]
+            continue
+        kind, canon = table.get(tok, (None, None))
+        if kind in ("color", "size"):
+            pending[kind] = canon
+        elif kind in ("shape", "noun"):
+            mentions.append({"shape": canon or None, **pending})
+            pending = {"color": None, "size": None, "count": None}
+        elif tok not in ("a", "an", "the"):
+            # any other word ends the noun phrase: "red" in "is red and ..." names no object
+            pending = {"color": None, "size": None, "count": None}
+    return mentions
+
+
+def mention_in_scene(mention: dict, scene: dict) -> bool:
+    """Whether some object of the scene has every attribute the mention names (count ignored)."""
+    desc = {k: v for k, v in mention.items() if k in ("shape", "color", "size") and v}
+    return any(_matches(o, desc) for o in scene["objects"])
+
+
+def zh_alphabet() -> list[str]:
+    """Every character the Chinese captions of shapes world can contain (for a target tokenizer)."""
+    chars = set("图中有个物体形：、和一张的图片在左右边上下方从到依次是。深色背景只")
+    for words in list(ZH.values()) + list(NUMBERS_ZH.values()) + list(REL_ZH.values()):
+        chars.update(words)
+    return sorted(chars)
+
+
+# ----------------------------------------------------------------------------------------
+# Generating a dataset on disk
+# ----------------------------------------------------------------------------------------
+
+DEFAULT_SPLITS = "train=0.8,val=0.05,test=0.1,comp=0.05"
+
+
+def parse_splits(text: str, n: int) -> dict[str, int]:
+    """'train=0.8,val=0.1,test=0.1' (fractions of n) or 'train=4000,val=500' (counts) -> counts.
+
+    Values with a decimal point are fractions (normalised by their sum and rounded so that the
+    counts add up to n; the last split takes the remainder); whole numbers are counts.
+    """
+    parts, fractions = {}, False
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()):
+            raise DataError(f"split {item!r}: write NAME=FRACTION or NAME=COUNT, e.g. train=0.8,val=0.1,test=0.1")
+        try:
+            parts[name.strip()] = float(value)
+            fractions = fractions or "." in value
+        except ValueError:
+            raise DataError(f"split {item!r}: {value!r} is not a number") from None
+    if not parts:
+        raise DataError("no splits given; e.g. --split train=0.8,val=0.1,test=0.1")
+    if any(v < 0 for v in parts.values()):
+        raise DataError(f"splits {text!r}: sizes must not be negative")
+    if fractions:
+        total = sum(parts.values())
+        counts, used = {}, 0
+        names = list(parts)
+        for name in names[:-1]:
+            counts[name] = int(round(n * parts[name] / total))
+            used += counts[name]
+        counts[names[-1]] = max(0, n - used)
+        return counts
+    if not all(v.is_integer() for v in parts.values()):
+        raise DataError(f"splits {text!r}: give all fractions (<= 1) or all whole counts")
+    return {k: int(v) for k, v in parts.items()}
+
+
+def make_example(index: int, seed: int, size: int = 64, split: str = "train", noise: float = 6.0,
+                 min_objects: int = 1, max_objects: int = 6) -> tuple[Image.Image, dict, dict]:
+    """Scene, image and derived text of image `index`; deterministic in (seed, index, split, size)."""
+    rnd = random.Random(f"shapes:{seed}:{index}")
+    scene = sample_scene(rnd, size, split, min_objects, max_objects)
+    image = render(scene, noise=noise, seed=(seed, index))
+    return image, scene, describe(scene, rnd, split)
+
+
+def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dict[str, list[dict]]:
+    """The JSONL records of one image, per task."""
+    iid = str(index)
+    base = {"image_id": iid, "image": image}
+    return {
+        "captions": [{"id": iid, "image": image, "caption": text["captions"][0], "captions": text["captions"],
+                      "captions_zh": text["captions_zh"], "split": split, "scene": scene}],
+        "vqa": [{"id": f"{iid}_q{k}", **base, "question": q["question"], "answers": [q["answer"]],
+                 "question_type": q["question_type"], "answer_type": q["answer_type"]}
+                for k, q in enumerate(text["qa"])],
+        "classify": [{"id": f"{iid}_s{k}", **base, "text": s["text"], "label": s["label"]}
+                     for k, s in enumerate(text["statements"])],
+        "ground": [{"id": f"{iid}_r{k}", **base, "ref": r["ref"], "box": r["box"]}
+                   for k, r in enumerate(text["refs"])],
+        "translate": [{"id": f"{iid}_t{k}", **base, "source": en, "target": zh}
+                      for k, (en, zh) in enumerate(zip(text["captions"], text["captions_zh"]))],
+    }
+
+
+TASK_FILES = ("captions", "vqa", "classify", "ground", "translate")
+
+
+def _work(args) -> list[tuple[int, dict[str, list[dict]]]]:
+    """Worker: render and write images [start, stop), return their records."""
+    out_dir, start, stop, bounds, seed, size, noise, min_objects, max_objects = args
+    out = []
+    for index in range(start, stop):
+        split = _split_of(bounds, index)
+        image, scene, text = make_example(index, seed, size, split, noise, min_objects, max_objects)
+        rel = f"images/{index:06d}.png"
+        image.save(Path(out_dir) / rel, format="PNG", compress_level=1)
+        out.append((index, _records(index, split, scene, text, rel)))
+    return out
+
+
+def _split_of(bounds: list[tuple[str, int, int]], index: int) -> str:
+    for name, lo, hi in bounds:
+        if lo <= index < hi:
+            return name
+    raise IndexError(index)
+
+
+def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 64,
+             splits: str | dict[str, int] = DEFAULT_SPLITS, noise: float = 6.0, workers: int = 0,
+             min_objects: int = 1, max_objects: int = 6, overwrite: bool = False) -> dict:
+    """Generate a shapes-world dataset in `out` and return its meta record.
+
+    Args:
+        out: directory to write (created; must be empty or a previous shapes output).
+        n: total number of images over all splits.
+        seed: the dataset seed; image i is drawn from (seed, i) alone.
+        size: canvas side in pixels (16-1024; 64 is the default, 224 the largest usual).
+        splits: "train=0.8,val=0.05,test=0.1,comp=0.05" (fractions or counts) or a dict of counts.
+            A split named `comp` is the compositional split (HELD_OUT colour-shape pairs).
+        noise: pixel noise standard deviation (0 = clean).
+        workers: processes that render in parallel (0: one per CPU core, at most 8); the
+            output is identical for any number.
+        min_objects, max_objects: object count range per scene.
+        overwrite: replace the files of an earlier run in `out`.
+    """
+    if not 16 <= size <= 1024:
+        raise DataError(f"--size {size}: choose a canvas side between 16 and 1024 pixels")
+    if not 1 <= min_objects <= max_objects <= 8:
+        raise DataError(f"objects per scene {min_objects}..{max_objects}: need 1 <= min <= max <= 8")
+    counts = parse_splits(splits, n) if isinstance(splits, str) else dict(splits)
+    n = sum(counts.values())
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "meta.json").is_file() or not overwrite:
+            raise DataError(f"{out}: directory is not empty; choose a new --out"
+                            + (" or pass --overwrite" if (out / "meta.json").is_file() else ""))
+        for name in ("images", "classes"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for f in out.iterdir():
+            if f.is_file():
+                f.unlink()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    bounds, lo = [], 0
+    for name, k in counts.items():
+        bounds.append((name, lo, lo + k))
+        lo += k
+    chunk = 250
+    workers = workers or min(8, os.cpu_count() or 1)
+    jobs = [(str(out), s, min(s + chunk, n), bounds, seed, size, noise, min_objects, max_objects)
+            for s in range(0, n, chunk)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
+            results = pool.map(_work, jobs)
+    else:
+        results = [_work(j) for j in jobs]
+    per_split: dict[str, dict[str, list[dict]]] = {name: {t: [] for t in TASK_FILES} for name in counts}
+    for chunk_out in results:
+        for index, recs in chunk_out:
+            split = _split_of(bounds, index)
+            for task, rs in recs.items():
+                per_split[split][task].extend(rs)
+    t_render = time.perf_counter() - t0
+
+    for split, tasks in per_split.items():
+        for task, rs in tasks.items():
+            _write_jsonl(out / f"{task}_{split}.jsonl", rs)
+        _write_coco(out, split, tasks["captions"], size)
+        _write_vqa(out, split, tasks["vqa"])
+        _write_class_tree(out, split, tasks["captions"])
+    _write_karpathy(out, per_split)
+
+    meta = {
+        "generator": "shapes", "format_version": FORMAT_VERSION, "seed": seed, "n": n, "size": size,
+        "noise": noise, "objects": [min_objects, max_objects], "splits": counts,
+        "held_out": [list(p) for p in HELD_OUT], "compositional_split": COMPOSITIONAL_SPLIT,
+        "shapes": list(SHAPES), "colors": list(COLORS), "sizes": list(SIZES), "answers": list(ANSWERS),
+        "counts": {split: {t: len(rs) for t, rs in tasks.items()} for split, tasks in per_split.items()},
+        "files": {
+            "images": "images/{id:06d}.png",
+            "jsonl": "{task}_{split}.jsonl for task in " + ", ".join(TASK_FILES),
+            "coco": "coco_captions_{split}.json", "karpathy": "dataset_shapes.json",
+            "vqa": "vqa_{split}_questions.json, vqa_{split}_annotations.json",
+            "folder": "classes/{split}/{shape}/ (single-object scenes, labelled by shape)",
+        },
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    log.info("shapes: %d images (%dpx) in %s: %.1fs rendering, %.1fs total", n, size, out, t_render,
+             time.perf_counter() - t0)
+    return meta
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def _write_coco(out: Path, split: str, caps: list[dict], size: int) -> None:
+    """Official COCO captions format (captions_train2014.json), file_name relative to the json."""
+    images, anns = [], []
+    for r in caps:
+        iid = int(r["id"])
+        images.append({"id": iid, "file_name": r["image"], "width": size, "height": size})
+        for k, c in enumerate(r["captions"]):
+            anns.append({"id": iid * 10 + k, "image_id": iid, "caption": c})
+    doc = {"info": {"description": f"shapes world, {split} split", "version": str(FORMAT_VERSION)},
+           "licenses": [], "type": "captions", "images": images, "annotations": anns}
+    (out / f"coco_captions_{split}.json").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+
+
+def _write_karpathy(out: Path, per_split: dict) -> None:
+    """Karpathy-style split file (dataset_coco.json layout): every image with its split and sentences."""
+    images = []
+    for split, tasks in per_split.items():
+        for r in tasks["captions"]:
+            iid = int(r["id"])
+            folder, _, name = r["image"].rpartition("/")
+            sents = [{"raw": c, "tokens": re.findall(r"[a-z0-9]+", c.lower()), "imgid": iid, "sentid": iid * 10 + k}
+                     for k, c in enumerate(r["captions"])]
+            images.append({"filepath": folder, "filename": name, "imgid": iid, "cocoid": iid,
+                           "split": split, "sentids": [s["sentid"] for s in sents], "sentences": sents})
+    (out / "dataset_shapes.json").write_text(json.dumps({"dataset": "shapes", "images": images}, separators=(",", ":"),
+                                                        ensure_ascii=False))
+
+
+def _write_vqa(out: Path, split: str, qas: list[dict]) -> None:
+    """VQAv2 question and annotation files; every question has 10 (identical, exact) answers."""
+    questions_, anns = [], []
+    for r in qas:
+        iid, k = int(r["image_id"]), int(r["id"].rpartition("_q")[2])
+        qid = iid * 1000 + k
+        questions_.append({"image_id": iid, "question": r["question"], "question_id": qid})
+        a = r["answers"][0]
+        anns.append({"question_id": qid, "image_id": iid, "question_type": r["question_type"],
+                     "answer_type": r["answer_type"], "multiple_choice_answer": a,
+                     "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)]})
+    common = {"info": {"description": f"shapes world, {split} split"}, "license": {},
+              "data_type": "shapes", "data_subtype": split,
+              # not in VQAv2 itself: tells our reader where the images are (relative to this file)
+              "image_pattern": "images/{image_id:06d}.png"}
+    (out / f"vqa_{split}_questions.json").write_text(json.dumps(
+        {**common, "task_type": "OpenEnded", "questions": questions_}, ensure_ascii=False, separators=(",", ":")))
+    (out / f"vqa_{split}_annotations.json").write_text(json.dumps({**common, "annotations": anns}, ensure_ascii=False, separators=(",", ":")))
+
+
+def _write_class_tree(out: Path, split: str, caps: list[dict]) -> None:
+    """classes/{split}/{shape}/NNNNNN.png for the single-object scenes (hard links where possible)."""
+    for r in caps:
+        objs = r["scene"]["objects"]
+        if len(objs) != 1:
+            continue
+        dst = out / "classes" / split / objs[0]["shape"] / Path(r["image"]).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(out / r["image"], dst)
+        except OSError:
+            shutil.copyfile(out / r["image"], dst)
+
+
+def preview(out_png: str | os.PathLike, n: int = 8, seed: int = 0, size: int = 64, split: str = "train",
+            columns: int = 4) -> None:
+    """Save a PNG grid of `n` generated scenes with their first English caption under each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import textwrap
+
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, ax in zip(range(n), axes.flat):
+        image, scene, text = make_example(index, seed, size, split)
+        ax.imshow(image, interpolation="nearest")
+        qa = text["qa"][index % len(text["qa"])]  # a different kind of question under each
+        ax.set_title("\n".join(textwrap.wrap(text["captions"][0], 34)) + f"\nQ: {qa['question']}\nA: {qa['answer']}",
+                     fontsize=7.5, loc="left")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["SHAPES", "COLORS", "SIZES", "VOCAB", "HELD_OUT", "ANSWERS", "COMPOSITIONAL_SPLIT",
+           "sample_scene", "render", "captions", "questions", "statements", "referring", "describe",
+           "extract_concepts", "mention_in_scene", "zh_alphabet", "make_example", "generate", "preview",
+           "parse_splits"]
