@@ -1,27 +1,12 @@
 """Closed vocabularies of answers and labels, and VQA-style answer normalisation."""
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Callable, Iterable
 
 from polymodal.errors import DataError
-
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
-
-
-def normalize_answer(answer: str) -> str:
-    """VQA-style normalisation: lower case, punctuation and articles dropped, number words as digits.
-
-    "Two." -> "2", "the Red one" -> "red 1", "yes!" -> "yes".
-    """
-    a = _PUNCT.sub(" ", answer.lower().replace("\n", " ").replace("\t", " "))
-    a = re.sub(r"(?<!\d)\.(?!\d)", " ", a)  # periods, but not decimal points
-    words = [_NUMBER_WORDS.get(w, w) for w in a.split() if w not in _ARTICLES]
-    return " ".join(words)
+# One answer normalisation for training targets and scoring alike: the official VQAv2 one.
+from polymodal.eval.vqa import normalize_answer  # noqa: F401
 
 
 class Vocab:
