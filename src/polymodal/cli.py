@@ -233,7 +233,10 @@ def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
 
 
 def _mount_subapps() -> None:
-    """Areas with several commands keep them in their own module (`polymodal data …`)."""
+    """Areas keep their commands in their own module (`polymodal data …`, `polymodal eval`)."""
+    from polymodal.eval.cli import eval_cmd
+
+    app.command("eval")(eval_cmd)
     for module, name in (("polymodal.data.cli", "data"),):
         try:
             sub = __import__(module, fromlist=["app"]).app

@@ -34,6 +34,7 @@ from polymodal.eval.captioning import CaptionMetrics, caption_metrics, ptb_token
 from polymodal.eval.classification import ClassificationMetrics, binary_auroc, classification_metrics
 from polymodal.eval.grounding import GroundingMetrics, box_iou, grounding_metrics
 from polymodal.eval.hallucination import ChairMetrics, ConceptLexicon, chair_metrics
+from polymodal.eval.shapes_metrics import ShapesChair
 from polymodal.eval.retrieval import RetrievalMetrics, retrieval_metrics, retrieval_ranks
 from polymodal.eval.translation import TranslationMetrics, translation_metrics
 from polymodal.eval.vqa import VQAAccuracy, normalize_answer, vqa_accuracy, vqa_score
@@ -47,5 +48,5 @@ __all__ = [
     "ClassificationMetrics", "classification_metrics", "binary_auroc",
     "TranslationMetrics", "translation_metrics",
     "GroundingMetrics", "grounding_metrics", "box_iou",
-    "ChairMetrics", "chair_metrics", "ConceptLexicon",
+    "ChairMetrics", "chair_metrics", "ConceptLexicon", "ShapesChair",
 ]

@@ -77,9 +77,9 @@ def load(source, **kwargs) -> LoadedModel:
         from polymodal.infer.hf import load_hf
 
         return load_hf(path, **kwargs)
-    from polymodal.registry import RECIPES
+    from polymodal.models.recipes import list_recipes
 
-    if str(source) in RECIPES:
+    if str(source) in list_recipes():
         from polymodal.infer.native import load_recipe
 
         return load_recipe(str(source), **kwargs)

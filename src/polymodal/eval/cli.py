@@ -1,0 +1,83 @@
+"""`polymodal eval`: the command over polymodal.eval.run.evaluate."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polymodal.errors import PolymodalError
+
+
+def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or a shapes-world directory"),
+             task: str = typer.Option(..., "--task", "-t",
+                                      help="captioning | vqa | retrieval | classification | translation | grounding"),
+             model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint dir, HF dir or recipe"),
+             predictions: Optional[str] = typer.Option(None, "--predictions", help="score a predictions JSONL instead"),
+             split: Optional[str] = typer.Option(None, "--split", "-s"),
+             out: Optional[str] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
+             limit: Optional[int] = typer.Option(None, "--limit", help="only the first N records"),
+             lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
+             baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
+             save_predictions: Optional[str] = typer.Option(None, "--save-predictions", help="write predictions JSONL"),
+             beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(32, "--max-tokens"),
+             batch_size: int = typer.Option(32, "--batch-size"),
+             as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
+    """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
+    from polymodal.eval.run import evaluate
+
+    gen = {"num_beams": beams, "max_new_tokens": max_tokens} if task in ("captioning", "translation", "vqa") else {}
+    if task == "vqa":
+        gen = {"max_new_tokens": 8, "num_beams": beams}
+    try:
+        result = evaluate(task, data, model=model, predictions=predictions, split=split, limit=limit,
+                          batch_size=batch_size, lang=lang, baseline=baseline,
+                          keep_predictions=bool(save_predictions), **(gen if model else {}))
+    except (PolymodalError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    result["model"] = model or predictions
+    preds = result.pop("predictions", None)
+    if save_predictions and preds is not None:
+        key = "question_id" if task == "vqa" else "id"
+        value = {"captioning": "caption", "vqa": "answer", "classification": "label",
+                 "translation": "translation", "grounding": "box"}[task]
+        with open(save_predictions, "w") as f:
+            for k, v in preds.items():
+                f.write(json.dumps({key: k, value: v}, ensure_ascii=False) + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(finite(result), indent=2, ensure_ascii=False))
+    if as_json:
+        typer.echo(json.dumps(finite(result), ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ["metric", "value"] + (["shuffled baseline"] if "baseline" in result else [])
+    table = Table(*cols, title=f"{task} on {data} (split: {split or 'default'}), n={result['n']}")
+    for k, v in result["metrics"].items():
+        row = [k, _fmt(v)] + ([_fmt(result["baseline"].get(k))] if "baseline" in result else [])
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def finite(obj):
+    """NaN/inf -> None, recursively, so the JSON we write is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

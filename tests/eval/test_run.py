@@ -1,0 +1,93 @@
+"""`polymodal eval` end to end on generated shapes-world data: predictions files (perfect vs
+shuffled), a model run, the ground-truth hallucination metric, and clear errors."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.data import open_dataset
+from polymodal.errors import DataError
+from polymodal.eval.run import evaluate
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sw")
+    res = runner.invoke(app, ["data", "generate", "shapes", "--out", str(out), "--n", "60", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def test_vqa_predictions_perfect_and_shuffled(world, tmp_path):
+    recs = list(open_dataset(f"shapes:{world}:vqa", "test"))
+    perfect = _write(tmp_path / "p.jsonl", [{"question_id": r["id"], "answer": r["answers"][0]} for r in recs])
+    res = evaluate("vqa", world, predictions=perfect, split="test", baseline=True)
+    assert res["metrics"]["accuracy"] == pytest.approx(1.0) and res["n"] == len(recs)
+    assert res["baseline"]["accuracy"] < 0.6
+    assert res["metrics"]["accuracy[question_type=count]"] == pytest.approx(1.0)
+
+
+def test_caption_predictions_score_and_hallucination(world, tmp_path):
+    recs = list(open_dataset(f"shapes:{world}:captions", "test"))
+    perfect = _write(tmp_path / "c.jsonl", [{"id": r["id"], "caption": r["captions"][0]} for r in recs])
+    res = evaluate("captioning", world, predictions=perfect, split="test", baseline=True)
+    m, b = res["metrics"], res["baseline"]
+    assert m["bleu_4"] > 0.6 and m["cider_d"] > 2 * b["cider_d"]
+    assert m["chair_i"] == 0.0 and m["chair_s"] == 0.0 and m["object_recall"] > 0.9
+    assert b["chair_s"] > 0.5  # another image's caption names objects this scene lacks
+    # A caption naming a shape the scene lacks hallucinates, every time.
+    from polymodal.data.shapes import SHAPES
+
+    def absent(scene):
+        return next(s for s in SHAPES if s not in {o["shape"] for o in scene["objects"]})
+
+    lie = _write(tmp_path / "lie.jsonl", [{"id": r["id"], "caption": f"A large {absent(r['scene'])}."} for r in recs])
+    m = evaluate("captioning", world, predictions=lie, split="test")["metrics"]
+    assert m["chair_s"] == 1.0 and m["chair_i"] == 1.0
+
+
+def test_chinese_captions_are_scored_by_character(world, tmp_path):
+    recs = list(open_dataset(f"shapes:{world}:captions", "test"))
+    perfect = _write(tmp_path / "z.jsonl", [{"id": r["id"], "caption": r["captions_zh"][0]} for r in recs])
+    m = evaluate("captioning", world, predictions=perfect, split="test", lang="zh")["metrics"]
+    assert m["bleu_4_char"] > 0.6 and m["chair_i"] == 0.0
+
+
+def test_classification_translation_grounding_files(world, tmp_path):
+    cls = list(open_dataset(f"shapes:{world}:classify", "test"))
+    f = _write(tmp_path / "k.jsonl", [{"id": r["id"], "label": r["label"]} for r in cls])
+    assert evaluate("classification", world, predictions=f, split="test")["metrics"]["accuracy"] == 1.0
+    tr = list(open_dataset(f"shapes:{world}:translate", "test"))
+    f = _write(tmp_path / "t.jsonl", [{"id": r["id"], "translation": r["target"]} for r in tr])
+    assert evaluate("translation", world, predictions=f, split="test")["metrics"]["bleu"] == pytest.approx(100.0)
+    gr = list(open_dataset(f"shapes:{world}:ground", "test"))
+    f = _write(tmp_path / "g.jsonl", [{"id": r["id"], "box": r["box"]} for r in gr])
+    assert evaluate("grounding", world, predictions=f, split="test")["metrics"]["accuracy@0.5"] == 1.0
+
+
+def test_model_run_through_the_cli_writes_json(world, tmp_path):
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["eval", "--model", "vqa-tiny", "--data", str(world), "--task", "vqa",
+                              "--split", "test", "--limit", "12", "--out", str(out), "--baseline"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["n"] == 12 and 0.0 <= data["metrics"]["accuracy"] <= 1.0 and "baseline" in data
+
+
+def test_bad_predictions_are_clear_errors(world, tmp_path):
+    bad = _write(tmp_path / "b.jsonl", [{"question_id": "nope", "answer": "yes"}])
+    with pytest.raises(DataError, match="match no record"):
+        evaluate("vqa", world, predictions=bad, split="test")
+    (tmp_path / "x.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match=r"x\.jsonl:1: not JSON"):
+        evaluate("vqa", world, predictions=tmp_path / "x.jsonl", split="test")
+    res = runner.invoke(app, ["eval", "--predictions", str(bad), "--data", str(world), "--task", "retrieval"])
+    assert res.exit_code == 2 and "cannot be scored from a predictions file" in res.output
