@@ -51,3 +51,15 @@ def test_processor_save_and_reload(tmp_path):
     assert torch.equal(proc.tokenize(texts)["input_ids"], again.tokenize(texts)["input_ids"])
     assert again.image.image_size == 32 and again.max_length == 12
     assert proc.decode(proc.tokenize(["a red circle"])["input_ids"]) == ["a red circle"]
+
+
+def test_trained_tokenizer_covers_chinese_and_round_trips(tmp_path):
+    from polymodal.processing import train_tokenizer
+
+    texts = ["A small red circle.", "Two blue squares left of a circle.", "一个小的红色圆形。", "两个蓝色的正方形。"] * 5
+    proc = Processor(tokenizer=str(train_tokenizer(texts, tmp_path / "tok", vocab_size=200)))
+    ids = proc.tokenize(["a small red circle.", "一个小的红色圆形。"])["input_ids"]
+    assert proc.tokenizer.unk_token_id not in ids.tolist()[1]
+    assert proc.decode(ids) == ["a small red circle.", "一个小的红色圆形。"]
+    assert (proc.tokenizer.pad_token_id, proc.tokenizer.cls_token_id, proc.tokenizer.sep_token_id) == (0, 2, 3)
+    assert len(proc.tokenizer) < 200
