@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from polymodal.data import open_dataset
-from polymodal.data.collate import (IGNORE_INDEX, answer_vocab, label_vocab, make_collator, majority_answer,
+from polymodal.data.collate import (IGNORE_INDEX, answer_vocab, image_id_tensor, label_vocab, make_collator, majority_answer,
                                     pick_caption)
 from polymodal.data.dataset import RecordDataset, StreamDataset, build_dataset
 from polymodal.data.tools import shard
@@ -61,7 +61,7 @@ def test_skipped_count_crosses_worker_processes_and_batches_are_deterministic(sh
     assert skipped0 == skipped2 == sum(1 for k in range(120) if k % 5 == 1)
     assert [b["ids"] for b in b0] == [b["ids"] for b in b2]
     for x, y in zip(b0, b2):
-        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["pixel_values"], y["pixel_values"])
+        assert torch.equal(x["decoder_input_ids"], y["decoder_input_ids"]) and torch.equal(x["pixel_values"], y["pixel_values"])
     assert sum(len(b["ids"]) for b in b0) == 120 - skipped0
 
 
@@ -100,13 +100,16 @@ def test_pair_and_caption_collators(shapes_dir, processor):
     pairs = make_collator("pretrain", processor)(items)
     assert pairs["pixel_values"].shape == (4, 3, 32, 32) and pairs["pixel_values"].dtype == torch.float32
     assert pairs["input_ids"].shape == pairs["attention_mask"].shape and pairs["input_ids"].shape[0] == 4
-    assert pairs["texts"][0] in items[0]["captions"] and pairs["image_ids"] == [it["id"] for it in items]
+    assert pairs["texts"][0] in items[0]["captions"] and pairs["image_ids"].dtype == torch.long
+    assert pairs["image_ids"].tolist() == image_id_tensor([it["id"] for it in items]).tolist()
+    assert len(set(pairs["image_ids"].tolist())) == 4 and pairs["image_ids"].max() < 2 ** 24
     decoded = processor.tokenizer.decode(pairs["input_ids"][0], skip_special_tokens=True)
     assert decoded.replace(" ", "") == pairs["texts"][0].lower().replace(" ", "")
     caps = make_collator("caption", processor, max_length=8)(items + [None])
-    assert caps["input_ids"].shape[1] <= 8 and len(caps["ids"]) == 4
-    pad = caps["attention_mask"] == 0
-    assert torch.all(caps["labels"][pad] == IGNORE_INDEX) and torch.equal(caps["labels"][~pad], caps["input_ids"][~pad])
+    assert caps["decoder_input_ids"].shape[1] <= 8 and len(caps["ids"]) == 4 and "input_ids" not in caps
+    ids = caps["decoder_input_ids"]
+    assert ids[0, 0] == processor.tokenizer.cls_token_id  # BOS ... EOS, padded
+    assert caps["decoder_attention_mask"].sum(1).max() == (ids != processor.tokenizer.pad_token_id).sum(1).max()
     assert caps["references"][0] == items[0]["captions"]
     assert make_collator("caption", processor)([None, None]) is None
 
@@ -121,14 +124,17 @@ def test_vqa_collators_soft_targets_and_vocabulary(shapes_dir, processor):
              {"image": None, "id": "b", "question": "Is it?", "answers": ["no"]},
              {"image": None, "id": "c", "question": "Huh?", "answers": ["a zebra"]}]
     batch = make_collator("vqa", processor, answers=vocab)(items)
-    assert "pixel_values" not in batch and batch["targets"].shape == (3, len(vocab))
-    t = batch["targets"]
+    assert "pixel_values" not in batch and batch["answer_scores"].shape == (3, len(vocab))
+    t = batch["answer_scores"]
     assert t[0, vocab.index("2")] == 1.0 and t[0, vocab.index("yes")] == 1.0
     assert abs(t[0, vocab.index("3")].item() - 1 / 3) < 1e-6 and t[1, vocab.index("no")] == 1.0
-    assert t[2].sum() == 0 and batch["answer_ids"].tolist() == [vocab.index("yes"), vocab.index("no"), IGNORE_INDEX]
+    assert t[2].sum() == 0 and batch["labels"].tolist() == [vocab.index("yes"), vocab.index("no"), IGNORE_INDEX]
     gen = make_collator("vqa_generate", processor)(items)
-    first = gen["labels"][0][gen["labels"][0] != IGNORE_INDEX]
+    first = gen["decoder_input_ids"][0][gen["decoder_attention_mask"][0] == 1]
     assert processor.tokenizer.decode(first, skip_special_tokens=True) == "yes"
+    # The model's own answer list works as the vocabulary too (the trainer passes it).
+    by_labels = make_collator("vqa", processor, labels=vocab.tokens)(items)
+    assert torch.equal(by_labels["answer_scores"], batch["answer_scores"])
     assert majority_answer(["b", "a", "a", "b"]) == "b"
     assert normalize_answer("The Two.") == "2" and normalize_answer("yes!") == "yes" and normalize_answer("3.5") == "3.5"
 
@@ -156,7 +162,8 @@ def test_classify_translate_and_ground_collators(shapes_dir, processor):
 
     tb = make_collator("translate", processor, target_tokenize=char_tokenize)([tr[i] for i in range(4)])
     assert tb["references"] == [tr[i]["target"] for i in range(4)]
-    assert (tb["labels"][0] != IGNORE_INDEX).sum() == len(tr[0]["target"])
+    assert tb["decoder_attention_mask"][0].sum() == len(tr[0]["target"])
+    assert tb["input_ids"].shape[0] == 4  # the English source goes to the encoder
 
     gr = RecordDataset(open_dataset(f"shapes:{shapes_dir}:ground"))
     gb = make_collator("ground", processor)([gr[i] for i in range(5)])

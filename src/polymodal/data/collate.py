@@ -5,11 +5,17 @@ Every collator takes a `processor` with
   `tokenize(list of str, max_length=None) -> {"input_ids": (B, T), "attention_mask": (B, T)}`.
 Items that are None (records a RecordDataset dropped) are left out; a batch with nothing left
 is None. Random choices (which of five captions) use the item's `_seed`, so batches do not
-depend on the number of DataLoader workers. Token targets (`labels`) are the target tokens with
-padding set to -100; shifting them for teacher forcing is the model's job, as in Hugging Face.
+depend on the number of DataLoader workers.
+
+The batch keys are the trainer's (docs/training.md): `pixel_values`; `input_ids` /
+`attention_mask` for the encoder-side text (caption, question, statement, source sentence);
+`decoder_input_ids` / `decoder_attention_mask` for a generated target ([CLS] ... [SEP], i.e.
+BOS ... EOS; the LM objective shifts them); `labels` (B,) class / answer indices (-100: not in
+the vocabulary); `answer_scores` (B, A) VQAv2 soft targets; `image_ids` (B,) int64.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from typing import Any, Callable, Sequence
@@ -71,10 +77,19 @@ class Collator:
         enc = self.processor.tokenize(texts, max_length=self.max_length)
         return {f"{prefix}input_ids": enc["input_ids"], f"{prefix}attention_mask": enc["attention_mask"]}
 
-    def _targets(self, texts: list[str], tokenize: Callable | None = None) -> torch.Tensor:
-        """Target token ids (B, T) with -100 where padding."""
+    def _targets(self, texts: list[str], tokenize: Callable | None = None) -> dict[str, torch.Tensor]:
+        """Decoder targets: `decoder_input_ids` / `decoder_attention_mask` (B, T), BOS ... EOS."""
         enc = (tokenize or self.processor.tokenize)(texts, max_length=self.max_length)
-        return enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        return {"decoder_input_ids": enc["input_ids"], "decoder_attention_mask": enc["attention_mask"]}
+
+
+def image_id_tensor(ids: Sequence[str]) -> torch.Tensor:
+    """Stable int64 ids (B,) from string ids: equal strings give equal numbers in every process.
+
+    24-bit hashes, so they stay exact when an objective compares them as float32.
+    """
+    return torch.tensor([int(hashlib.blake2b(i.encode(), digest_size=4).hexdigest(), 16) & 0xFFFFFF for i in ids],
+                        dtype=torch.long)
 
 
 class PairCollator(Collator):
@@ -94,13 +109,13 @@ class PairCollator(Collator):
     def collate(self, items):
         texts = [pick_caption(x, self.field) for x in items]
         return {**self._tokens(texts), "texts": texts,
-                "image_ids": [str(x.get("image_id", x.get("id", ""))) for x in items]}
+                "image_ids": image_id_tensor([str(x.get("image_id", x.get("id", ""))) for x in items])}
 
 
 class CaptionCollator(Collator):
     """Captioning / image-conditioned LM: the caption is both input and target.
 
-    Batch: pixel_values, input_ids / attention_mask (B, T), labels (B, T) (-100 on padding),
+    Batch: pixel_values, decoder_input_ids / decoder_attention_mask (B, T) of one caption,
     references (every caption of each image, for metrics).
 
     Args:
@@ -115,18 +130,16 @@ class CaptionCollator(Collator):
 
     def collate(self, items):
         texts = [pick_caption(x, self.field) for x in items]
-        enc = self._tokens(texts)
         refs = [list(x.get(self.field) or [x.get("caption", "")]) for x in items]
-        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX),
-                "references": refs}
+        return {**self._targets(texts), "references": refs}
 
 
 class VqaCollator(Collator):
     """VQA as classification over an answer vocabulary built from the train answers.
 
-    Batch: pixel_values, input_ids / attention_mask of the question, targets (B, A) soft scores
-    (VQAv2: min(1, #annotators who gave the answer / 3); a single reference answer scores 1),
-    answer_ids (B,) the majority answer's index or -100 when out of vocabulary, answers (lists).
+    Batch: pixel_values, input_ids / attention_mask of the question, answer_scores (B, A) soft
+    scores (VQAv2: min(1, #annotators who gave the answer / 3); a single reference answer scores 1),
+    labels (B,) the majority answer's index or -100 when out of vocabulary, answers (lists).
 
     Args:
         answers: the answer vocabulary (`Vocab.build(train answers, normalize=normalize_answer)`).
@@ -155,15 +168,15 @@ class VqaCollator(Collator):
                 if i >= 0:
                     targets[b, i] = min(1.0, k / denom)
             answer_ids[b] = self.answers.index(majority_answer(given), default=IGNORE_INDEX)
-        return {**self._tokens(questions), "targets": targets, "answer_ids": answer_ids, "answers": refs,
+        return {**self._tokens(questions), "answer_scores": targets, "labels": answer_ids, "answers": refs,
                 "question_types": [x.get("question_type") for x in items]}
 
 
 class VqaGenerateCollator(Collator):
     """VQA answered generatively: question in, answer tokens out.
 
-    Batch: pixel_values, input_ids / attention_mask of the question, labels (B, Ta) of the
-    majority answer (-100 on padding), answers (every reference answer).
+    Batch: pixel_values, input_ids / attention_mask of the question, decoder_input_ids /
+    decoder_attention_mask (B, Ta) of the majority answer, answers (every reference answer).
     """
 
     task = "vqa_generate"
@@ -173,7 +186,7 @@ class VqaGenerateCollator(Collator):
         refs = [list(x.get("answers") or []) for x in items]
         if not all(refs):
             raise DataError("generative VQA training needs answers for every question")
-        return {**self._tokens(questions), "labels": self._targets([majority_answer(r) for r in refs]),
+        return {**self._tokens(questions), **self._targets([majority_answer(r) for r in refs]),
                 "answers": refs, "question_types": [x.get("question_type") for x in items]}
 
 
@@ -207,7 +220,7 @@ class TranslationCollator(Collator):
     """Multimodal translation: image + source sentence -> target sentence.
 
     Batch: pixel_values (when the records have images), input_ids / attention_mask of the
-    source, labels (B, Tt) of the target (-100 on padding), references (target strings).
+    source, decoder_input_ids / decoder_attention_mask (B, Tt) of the target, references.
 
     Args:
         target_tokenize: tokenizer of the target language, same signature as
@@ -224,7 +237,7 @@ class TranslationCollator(Collator):
     def collate(self, items):
         targets = [x["target"] for x in items]
         return {**self._tokens([x["source"] for x in items]),
-                "labels": self._targets(targets, self.target_tokenize), "references": targets}
+                **self._targets(targets, self.target_tokenize), "references": targets}
 
 
 class GroundingCollator(Collator):
@@ -257,10 +270,25 @@ COLLATORS: dict[str, type[Collator]] = {
 }
 
 
-def make_collator(task: str, processor, **kwargs) -> Collator:
-    """The collator of `task` (a key of COLLATORS), built with the processor and its options."""
+#: the trainer's / evaluator's task names for the same collators
+ALIASES = {"captioning": "caption", "classification": "classify", "translation": "translate",
+           "grounding": "ground"}
+
+
+def make_collator(task: str, processor, labels: Sequence[str] | None = None, **kwargs) -> Collator:
+    """The collator of `task` (a key of COLLATORS or ALIASES), built with the processor and its options.
+
+    Args:
+        labels: the model's class / answer names, in its output order (vqa and classify: they
+            become the collator's vocabulary, so target indices match the classifier's rows).
+    """
+    task = ALIASES.get(task, task)
     if task not in COLLATORS:
-        raise DataError(f"no collator for task {task!r}; one of {', '.join(COLLATORS)}")
+        raise DataError(f"no collator for task {task!r}; one of {', '.join([*COLLATORS, *ALIASES])}")
+    if labels is not None and task == "vqa":
+        kwargs.setdefault("answers", labels if isinstance(labels, Vocab) else Vocab(labels))
+    elif labels is not None and task == "classify":
+        kwargs.setdefault("labels", labels if isinstance(labels, Vocab) else Vocab(labels))
     return COLLATORS[task](processor, **kwargs)
 
 
