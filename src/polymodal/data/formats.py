@@ -624,7 +624,14 @@ def guess_format(path: str) -> str:
                       f"{', '.join(DATASETS.names())}")
 
 
-def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where: str = "dataset spec") -> Reader:
+#: which shapes-world record file serves each training / evaluation task
+SHAPES_TASK = {"pretrain": "captions", "captioning": "captions", "caption": "captions", "retrieval": "captions",
+               "vqa": "vqa", "vqa_generate": "vqa", "classification": "classify", "classify": "classify",
+               "translation": "translate", "translate": "translate", "grounding": "ground", "ground": "ground"}
+
+
+def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where: str = "dataset spec",
+                 task: str | None = None) -> Reader:
     """Open a dataset spec and return its reader: an iterable of plain records.
 
     Map-style readers (every format but wds) also have len() and [i].
@@ -633,8 +640,12 @@ def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where
         spec: see the module docstring.
         split: which split, when the spec does not name one (naming a different one is an error).
         where: where the spec came from, for error messages (e.g. "train.yaml: data.train").
+        task: the task the records are for; a shapes-world spec that names no record file
+            (`shapes:DIR`, or just the directory) then reads the task's file (SHAPES_TASK).
     """
     d = parse_spec(spec)
+    if task is not None and d.get("format") == "shapes" and "task" not in d and task in SHAPES_TASK:
+        d["task"] = SHAPES_TASK[task]
     fmt = d.pop("format", None)
     if not fmt:
         raise ConfigError(f"{where}: missing 'format'; one of {', '.join(DATASETS.names())}")

@@ -29,18 +29,12 @@ from polymodal.errors import DataError
 log = logging.getLogger(__name__)
 
 TASKS = ("captioning", "vqa", "retrieval", "classification", "translation", "grounding")
-#: which shapes-world record file each task reads when the data is a plain shapes directory
-SHAPES_TASK = {"captioning": "captions", "retrieval": "captions", "vqa": "vqa", "classification": "classify",
-               "translation": "translate", "grounding": "ground"}
 
 
 def _records(data, task: str, split: str | None, limit: int | None) -> list[dict]:
     from polymodal.data import open_dataset
 
-    spec = data
-    if isinstance(data, (str, Path)) and Path(str(data)).is_dir() and (Path(str(data)) / "meta.json").is_file():
-        spec = f"shapes:{data}:{SHAPES_TASK[task]}"  # a generated shapes-world directory
-    recs = list(open_dataset(spec, split))
+    recs = list(open_dataset(data, split, task=task))  # a shapes-world dir reads the task's file
     if limit:
         recs = recs[:limit]
     if not recs:
