@@ -57,6 +57,13 @@ class RunDir:
         return ckpts[-1] if ckpts else None
 
     # ------------------------------------------------------------------------ starting a run
+    def check_free(self, resume: bool) -> None:
+        """Refuse (early) to start a new run where one has checkpoints, unless resuming it."""
+        latest = self.latest()
+        if not resume and latest is not None:
+            raise ConfigError(f"{self.path}: holds a run already (latest checkpoint {latest.name}); pass "
+                              "--resume to continue it, or choose another --output-dir")
+
     def prepare(self, resolved: dict, resume: bool, is_main: bool) -> Path | None:
         """Check the directory fits this run; write config.yaml. Returns the checkpoint to resume.
 
@@ -65,9 +72,7 @@ class RunDir:
         cfg_file = self.path / "config.yaml"
         latest = self.latest()
         old = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-        if not resume and latest is not None:
-            raise ConfigError(f"{self.path}: holds a run already (latest checkpoint {latest.name}); pass "
-                              "--resume to continue it, or choose another --output-dir")
+        self.check_free(resume)
         if resume and old is not None and latest is not None:
             diff = config_diff(old, resolved)
             if diff:

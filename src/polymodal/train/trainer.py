@@ -54,6 +54,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         train_records, val_records: records given directly instead of `data.train` / `data.val`.
         collate_fn: records -> batch (docs/training.md); default: the data module's collator for the task.
     """
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     cfg = load_run_config(config, overrides)
@@ -61,9 +62,16 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     opt = cfg.optim
-    precision = _model.resolve_precision(cfg.precision)
-    accelerator = _accelerator(precision, opt.grad_accum)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    if train_records is None and not cfg.data.train:
+        raise ConfigError(f"{source}: data.train is missing; give a dataset spec")
+    run = _run.RunDir(cfg.output_dir)
+    run.check_free(resume)
+    precision = _model.resolve_precision(cfg.precision)  # "measure": bf16 or fp32, decided below
+    # The processes (one, or those torchrun / accelerate launch started) and their process group.
+    # cpu=True on machines without an accelerator: that is what makes a multi-process launch a
+    # gloo group on CPU rather than N lone runs.
+    procs = PartialState(cpu=not _model.has_accelerator())
+    world, rank = procs.num_processes, procs.process_index
 
     # ---- everything that can be wrong is found before the first step -------------------------
     set_seed(cfg.seed)  # identical initialisation on every process
@@ -79,8 +87,6 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
 
     train_set = train_records if train_records is not None else (
         _data.open_records(cfg.data.train, cfg.data.train_split, f"{source}: data.train") if cfg.data.train else None)
-    if train_set is None:
-        raise ConfigError(f"{source}: data.train is missing; give a dataset spec")
     val_set = val_records if val_records is not None else (
         _data.open_records(cfg.data.val, cfg.data.val_split, f"{source}: data.val") if cfg.data.val else None)
     collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base)
@@ -109,13 +115,18 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
             p.requires_grad_(False)
     if unused:
         log.info("not trained by these objectives (frozen): %s", ", ".join(unused[:8]) + (" …" if len(unused) > 8 else ""))
+    if precision == "measure":
+        precision = _precision_from_run(cfg.output_dir) if resume else None
+        precision = precision or _measure_precision(model, objectives, collate(
+            [train_set[i] for i in range(min(opt.batch_size, len(train_set)))]))
+        log.info("precision auto: %s", "bf16" if precision == "bf16" else "fp32")
+    cfg.precision = precision  # the resolved value goes into config.yaml
+    accelerator = _accelerator(precision, opt.grad_accum)
     best_key, mode = cfg.checkpointing.best_metric, cfg.checkpointing.mode
     if val_set is not None and best_key not in {f"val/{k}" for k in log_keys}:
         raise ConfigError(f"{source}: checkpointing.best_metric {best_key!r} is not a validation value; "
                           f"one of: {', '.join(sorted(f'val/{k}' for k in log_keys))}")
 
-    run = _run.RunDir(cfg.output_dir)
-    cfg.precision = precision  # the resolved value goes into config.yaml
     resume_from = run.prepare(cfg.to_dict(), resume, accelerator.is_main_process)
     accelerator.wait_for_everyone()
 
@@ -260,9 +271,16 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
 
 
 # ----------------------------------------------------------------------------------- helpers
+def _precision_from_run(output_dir: str) -> str | None:
+    """The precision a run being resumed trained in (a resumed run keeps it)."""
+    import yaml
+
+    path = Path(output_dir) / "config.yaml"
+    return yaml.safe_load(path.read_text()).get("precision") if path.is_file() else None
+
+
 def _accelerator(precision: str, grad_accum: int):
-    """The run's Accelerator. cpu=True on machines without an accelerator: that is what makes
-    torchrun / accelerate launch start a multi-process CPU run (gloo) rather than N lone ones."""
+    """The run's Accelerator (on top of the PartialState the run started with)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, DistributedType
 
@@ -312,6 +330,21 @@ def _losses(objectives, model, batch: dict) -> tuple[torch.Tensor, dict]:
     batch.pop("_forward", None)
     logs["loss"] = total.detach()
     return total, logs
+
+
+def _measure_precision(model, objectives, batch: dict) -> str:
+    """bf16 autocast or fp32, whichever runs a training step of this model faster here."""
+    was = model.training
+    model.eval()  # BatchNorm statistics stay untouched
+
+    def step():
+        loss, _ = _losses(objectives, model, dict(batch))
+        loss.backward()
+
+    choice = _model.measure_bf16(step)
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return choice
 
 
 def _dry_run(model, objectives, collate, records, seed: int) -> list[str]:
