@@ -95,6 +95,10 @@ class FusionEncoderOutput:
     image_embeds: torch.Tensor | None     # (B, E) normalised unimodal embeddings for ITC
     text_embeds: torch.Tensor | None
     logit_scale: torch.Tensor | None
+    # The towers' outputs, so a second pass (ITM negatives, MLM) can re-fuse them without
+    # running the towers again: `model(image_features=..., text_features=...)`.
+    image_features: Features | None = None
+    text_features: Features | None = None
 
 
 @MODELS.register("fusion_encoder")
@@ -147,7 +151,7 @@ class FusionEncoder(_Towers):
             logits=self.classifier(fused.pooled) if self.classifier is not None else None,
             itm_logits=self.itm_head(fused.pooled) if self.itm_head is not None else None,
             mlm_logits=self.mlm_head(fused.tokens) if (return_mlm and self.mlm_head is not None) else None,
-            image_embeds=img_e, text_embeds=txt_e, logit_scale=scale)
+            image_embeds=img_e, text_embeds=txt_e, logit_scale=scale, image_features=image, text_features=text)
 
 
 # ------------------------------------------------------------------------- encoder-decoder

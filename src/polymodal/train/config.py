@@ -1,0 +1,348 @@
+"""The run config: typed, strict dataclasses read from one YAML file plus `--set a.b=c` overrides.
+
+    task: captioning
+    model: {recipe: captioner-tiny, freeze: [vision]}
+    data: {train: "shapes:data/shapes", val: "shapes:data/shapes"}
+    optim: {lr: 3.0e-4, max_steps: 2000, batch_size: 32}
+
+Every section is a dataclass whose field names are the YAML keys; an unknown key is a
+`ConfigError` naming the key and the file (or the `--set` it came from). The fully resolved
+config (defaults filled in, objectives and precision resolved) is written to the run directory.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from polymodal.errors import ConfigError
+from polymodal.registry import type_ok
+
+#: The tasks the trainer knows, and the objectives each uses when the config lists none.
+TASKS_KNOWN = ("pretrain", "captioning", "vqa", "retrieval", "classification", "translation")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (Hu et al., 2021) through `peft`; everything else is frozen.
+
+    Args:
+        r, alpha, dropout: adapter rank, scaling numerator, dropout on the adapter input.
+        target_modules: module-name suffixes to adapt (BERT/ViT "query", "value"; GPT-2 "c_attn").
+        train_also: top-level model parts kept fully trainable (new task heads, e.g. "classifier").
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: ["query", "value", "c_attn"])
+    train_also: list = field(default_factory=lambda: ["classifier", "itm_head", "mlm_head", "image_proj",
+                                                      "text_proj", "logit_scale"])
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train.
+
+    Args:
+        recipe: a registered recipe name (`polymodal models`).
+        spec: a full model-family spec instead of a recipe (`type: fusion_encoder ...`).
+        overrides: merged into the recipe's model spec, recursively (a part with a new `type`
+            replaces the old part whole), e.g. `{fusion: {type: concat, dim: 64}}`.
+        processor: merged into the recipe's processor spec (image size, tokenizer, max_length).
+        init_from: a polymodal checkpoint directory whose weights start the run; tensors the
+            model does not have, or whose shape differs (a new answer vocabulary), are skipped.
+        freeze: top-level parts (vision, text, fusion, decoder, ...) or dotted paths kept fixed.
+        lora: train LoRA adapters instead of the full weights.
+    """
+
+    recipe: str | None = None
+    spec: dict | None = None
+    overrides: dict = field(default_factory=dict)
+    processor: dict = field(default_factory=dict)
+    init_from: str | None = None
+    freeze: list = field(default_factory=list)
+    lora: LoraConfig | None = None
+
+
+@dataclass
+class DataConfig:
+    """Dataset specs, each handed to `polymodal.data.open_dataset(spec, split)`.
+
+    Args:
+        train, val: dataset specs (a path, or `format:path`); val may be None (no validation).
+        train_split, val_split: the split names to open.
+        num_workers: DataLoader worker processes (image decoding happens in the collator).
+        max_val_samples: validate on at most this many validation records.
+    """
+
+    train: str | None = None
+    val: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = 0
+    max_val_samples: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then a cosine / linear / constant schedule.
+
+    Args:
+        lr, weight_decay, betas, eps: AdamW. Norm weights, biases and other 1-d parameters get
+            no weight decay.
+        warmup_steps: optimizer steps of linear warm-up from 0 to `lr`.
+        schedule: shape of the learning rate after warm-up.
+        min_lr_ratio: the schedule ends at `lr * min_lr_ratio`.
+        epochs, max_steps: training length; `max_steps` (optimizer steps) wins when set.
+        batch_size: samples per process per micro-batch. One optimizer step sees
+            batch_size x processes x grad_accum samples (the global batch).
+        grad_accum: micro-batches accumulated per optimizer step.
+        clip_grad_norm: clip the global gradient norm to this (None: no clipping).
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+
+
+@dataclass
+class CheckpointConfig:
+    """When to write checkpoints and which to keep.
+
+    Args:
+        every: write `step-NNNNNN/` every this many optimizer steps (0: only at the end).
+        keep_last: how many step checkpoints to keep (older ones are deleted).
+        best_metric: the validation value that picks `best/` (a key of the validation log,
+            e.g. "val/loss", "val/classification/acc").
+        mode: whether a smaller ("min") or larger ("max") `best_metric` is better.
+        early_stopping_patience: stop after this many validations without improvement (None: never).
+    """
+
+    every: int = 500
+    keep_last: int = 2
+    best_metric: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    early_stopping_patience: int | None = None
+
+
+@dataclass
+class ValidationConfig:
+    """Args:
+        every: validate every this many optimizer steps (0: at each checkpoint); always at the end.
+        batch_size: validation batch size per process (default: the training batch size).
+    """
+
+    every: int = 0
+    batch_size: int | None = None
+
+
+@dataclass
+class LoggingConfig:
+    """Args:
+        every: log training values every this many optimizer steps (metrics.jsonl, TensorBoard).
+        progress: show a progress bar (loss, samples/s, ETA) on the main process.
+        tensorboard: also write TensorBoard events when `tensorboard` is installed.
+        plot: draw `curves.png` (training and validation curves) at each checkpoint.
+    """
+
+    every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+
+@dataclass
+class RunConfig:
+    """One training run.
+
+    Args:
+        task: pretrain | captioning | vqa | retrieval | classification | translation
+            (default: the recipe's task).
+        objectives: losses with weights, e.g. `[{type: itc, weight: 1.0}, {type: itm}]`
+            (registered in `polymodal.registry.TASKS`); default: the task's usual ones.
+        precision: "bf16" (autocast), "fp16" (autocast + loss scaling, GPU only), "no" (fp32),
+            or "auto" (bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp32 otherwise).
+        output_dir: the run directory (checkpoints, logs, resolved config).
+        seed: seeds model initialisation, data order, dropout and masking.
+    """
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    task: str | None = None
+    objectives: list | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------ parsing
+def from_dict(cls, data: Any, where: str, source: str):
+    """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types are errors.
+
+    Args:
+        cls: a config dataclass. data: the mapping (from YAML).
+        where: the dotted key path of `data` ("optim"), for messages.
+        source: the file (or `--set`) the values came from, for messages.
+    """
+    label = f"{source}: {where}" if where else source
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {_join(where, key)!r}; "
+                              f"allowed under {where or 'the top level'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {_join(where, name)!r}")
+            continue
+        value, hint = data[name], hints[name]
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()) and type_ok(1.0, hint):
+            value = float(value)  # PyYAML reads `lr: 3e-4` (no dot) as a string
+        sub = _dataclass_in(hint)
+        if sub is not None and value is not None:
+            kwargs[name] = from_dict(sub, value, _join(where, name), source)
+        elif not type_ok(value, hint):
+            raise ConfigError(f"{source}: {_join(where, name)}: expected {_hint_name(hint)}, got {value!r}")
+        else:
+            kwargs[name] = copy.deepcopy(value)
+    return cls(**kwargs)
+
+
+def _dataclass_in(hint) -> type | None:
+    """The dataclass in `hint` (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _hint_name(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"optim.lr=1e-3"` -> (["optim", "lr"], 0.001); the value is typed as a YAML scalar/flow value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
+    key, raw = text.split("=", 1)
+    path = [k for k in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
+    # YAML 1.1 reads "1e-3" as a string; a float is what anyone typing it means.
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return path, value
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each `a.b=c` into a copy of the raw config mapping (intermediate mappings are created)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, key in enumerate(path[:-1]):
+            nxt = node.get(key)
+            if nxt is None:
+                nxt = node[key] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is {nxt!r}, not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_run_config(source: str | Path | dict | RunConfig, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read a run config from a YAML file (or a mapping), apply `--set` overrides, check it strictly.
+
+    Args:
+        source: a YAML path, a mapping with the same layout, or a RunConfig (returned as is
+            when there are no overrides).
+        overrides: `["optim.lr=1e-3", "model.freeze=[vision]"]`.
+    """
+    if isinstance(source, RunConfig):
+        if not overrides:
+            return source
+        source = source.to_dict()
+    if isinstance(source, dict):
+        raw, name = source, "config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        name = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: a run config is a mapping (task, model, data, optim, ...)")
+    # Check the file on its own first, so an error names the file rather than a --set.
+    from_dict(RunConfig, raw, "", name)
+    if overrides:
+        merged = apply_overrides(raw, list(overrides))
+        try:
+            from_dict(RunConfig, merged, "", name)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (after --set {' '.join(overrides)})") from exc
+        raw = merged
+    cfg = from_dict(RunConfig, raw, "", name)
+    cfg._source = name  # type: ignore[attr-defined]  (for later error messages)
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def merge_spec(base: dict, overrides: dict) -> dict:
+    """Recursive merge for model specs: a nested mapping with a different `type` replaces the old one."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and value.get("type", old.get("type")) == old.get("type"):
+            out[key] = merge_spec(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,359 @@
+"""Training objectives: `loss(model, batch) -> (loss, logs)`, registered in `TASKS`.
+
+The model holds weights only; each objective reads the batch keys it names in `requires`
+(see docs/training.md for the table) and calls the model's `forward`. Objectives of one step
+share the plain forward pass through `_forward()`, so ITC + ITM + MLM run the towers once,
+as in ALBEF (Li et al., 2021).
+
+Pretraining: `itc`, `itm`, `mlm`, `lm`. Fine-tuning: `lm` (captioning, generative VQA,
+translation), `vqa_classification`, `classification`, `itc` (retrieval).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from polymodal.errors import ConfigError
+from polymodal.registry import TASKS
+
+
+class Objective:
+    """One loss. `__call__(model, batch)` returns `(scalar loss, {name: detached scalar})`."""
+
+    #: batch keys this objective reads
+    requires: tuple[str, ...] = ()
+
+    def check(self, model) -> None:
+        """Raise ConfigError if `model` (unwrapped) lacks what this objective needs."""
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _forward(model, batch: dict):
+    """The plain image + text forward, computed once per batch and shared by the objectives."""
+    if "_forward" not in batch:
+        batch["_forward"] = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"])
+    return batch["_forward"]
+
+
+def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == target).float().mean().detach()
+
+
+# -------------------------------------------------------------------------------------- ITC
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient for the local slice.
+
+    Works on every backend (gloo included): the backward is an all_reduce, then a slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(all processes' rows, offset of this process's rows); identity outside distributed runs."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
+
+
+@TASKS.register("itc")
+class ITC(Objective):
+    """Image-text contrastive loss: symmetric InfoNCE with a learned temperature (CLIP, ALBEF).
+
+    In a multi-process run the embeddings of every process are gathered (with gradient), so
+    the negatives are the whole global batch and the loss equals a 1-process run's.
+    Rows of the same `image_ids` (several captions of one image) are not counted as negatives.
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask")
+
+    def check(self, model):
+        _need(getattr(model, "image_proj", None) is not None,
+              "objective itc needs contrastive projections: a dual_encoder, or a fusion_encoder with embed_dim > 0")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        img, txt = out.image_embeds.float(), out.text_embeds.float()       # (B, E) each, normalised
+        all_img, offset = _gather(img)                                     # (W*B, E)
+        all_txt, _ = _gather(txt)
+        scale = out.logit_scale.float()
+        logits_i2t = scale * img @ all_txt.T                               # (B, W*B)
+        logits_t2i = scale * txt @ all_img.T
+        target = torch.arange(img.shape[0], device=img.device) + offset
+        if "image_ids" in batch:
+            # Another caption of the same image is not a negative: mask it out of the softmax.
+            ids, _ = _gather(batch["image_ids"].float())
+            same = batch["image_ids"].float()[:, None] == ids[None, :]     # (B, W*B)
+            same[torch.arange(img.shape[0]), target] = False
+            logits_i2t = logits_i2t.masked_fill(same, float("-inf"))
+            logits_t2i = logits_t2i.masked_fill(same, float("-inf"))
+        loss = (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)) / 2
+        return loss, {"loss": loss.detach(), "i2t_acc": _accuracy(logits_i2t, target),
+                      "t2i_acc": _accuracy(logits_t2i, target), "temperature": (1.0 / scale).detach()}
+
+
+# -------------------------------------------------------------------------------------- ITM
+@TASKS.register("itm")
+class ITM(Objective):
+    """Image-text matching with hard negatives (ALBEF): for each image one negative caption, for
+    each caption one negative image, sampled in proportion to the softmax of the ITC
+    similarities, never from the same image (`image_ids`). Binary CE over the fusion's ITM head
+    on B positives + 2B negatives.
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask", "image_ids")
+
+    def check(self, model):
+        _need(getattr(model, "itm_head", None) is not None, "objective itm needs a fusion_encoder built with itm: true")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        image, text = out.image_features, out.text_features
+        b = image.tokens.shape[0]
+        with torch.no_grad():
+            sim = None
+            if out.image_embeds is not None:
+                sim = out.logit_scale.float() * out.image_embeds.float() @ out.text_embeds.float().T  # (B, B)
+            rows, neg_txt, neg_img = hard_negatives(sim, batch["image_ids"])
+        # Re-fuse the tower features in the negative pairings; the towers are not run again.
+        logits = out.itm_logits
+        if len(rows):  # (a batch of one image has no negatives)
+            img_idx = torch.cat([rows, neg_img])
+            txt_idx = torch.cat([neg_txt, rows])
+            neg = model(image_features=_take(image, img_idx), text_features=_take(text, txt_idx))
+            logits = torch.cat([logits, neg.itm_logits])
+        logits = logits.float()                                            # (B + 2R, 2)
+        target = torch.cat([torch.ones(b, dtype=torch.long, device=logits.device),
+                            torch.zeros(2 * len(rows), dtype=torch.long, device=logits.device)])
+        loss = F.cross_entropy(logits, target)
+        return loss, {"loss": loss.detach(), "acc": _accuracy(logits, target)}
+
+
+def hard_negatives(sim: torch.Tensor | None, image_ids: torch.Tensor):
+    """Sample one negative caption per image and one negative image per caption (ALBEF).
+
+    Args:
+        sim: (B, B) image-to-text similarities (logits), or None for uniform sampling.
+        image_ids: (B,) pairs with the same id are never negatives of each other.
+
+    Returns:
+        (rows, neg_txt, neg_img): the rows that have a negative at all (R,), and for each the
+        index of its negative caption and of its negative image, each (R,).
+    """
+    b = image_ids.shape[0]
+    other = image_ids[:, None] != image_ids[None, :]                      # (B, B) allowed negatives
+    if sim is None:
+        w_i2t = w_t2i = torch.ones(b, b, device=image_ids.device)
+    else:
+        w_i2t, w_t2i = sim.softmax(1), sim.T.softmax(1)
+    # (+1e-6: every allowed pair stays possible when the softmax underflows)
+    w_i2t = (w_i2t + 1e-6) * other
+    w_t2i = (w_t2i + 1e-6) * other
+    rows = other.any(1).nonzero().squeeze(1)
+    if len(rows) == 0:
+        empty = rows.new_zeros(0)
+        return rows, empty, empty
+    return rows, torch.multinomial(w_i2t[rows], 1).squeeze(1), torch.multinomial(w_t2i[rows], 1).squeeze(1)
+
+
+def _take(f, idx: torch.Tensor):
+    from polymodal.models.base import Features
+
+    return Features(f.tokens[idx], f.mask[idx], f.pooled[idx])
+
+
+# -------------------------------------------------------------------------------------- MLM
+@TASKS.register("mlm")
+class MLM(Objective):
+    """Masked language modelling conditioned on the image (BERT masking, fused text tokens).
+
+    Args:
+        mask_prob: fraction of real, non-special tokens to predict (15%).
+        processor: injected by the trainer; its tokenizer gives [MASK], the special ids and the
+            vocabulary to draw random replacements from.
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask")
+
+    def __init__(self, processor, mask_prob: float = 0.15):
+        tok = processor.tokenizer
+        if tok.mask_token_id is None:
+            raise ValueError("mlm needs a tokenizer with a [MASK] token")
+        self.mask_id, self.vocab = tok.mask_token_id, len(tok)
+        self.special = torch.tensor(sorted(set(tok.all_special_ids)))
+        self.mask_prob = mask_prob
+
+    def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked ids, labels with -100 where nothing is predicted); BERT's 80/10/10 rule."""
+        ids = input_ids.clone()
+        can = attention_mask.bool() & ~torch.isin(ids, self.special.to(ids.device))   # (B, T)
+        pick = (torch.rand(ids.shape, device=ids.device) < self.mask_prob) & can
+        if not pick.any() and can.any():                                   # always predict something
+            pick.view(-1)[can.view(-1).nonzero()[0]] = True
+        labels = input_ids.masked_fill(~pick, -100)
+        r = torch.rand(ids.shape, device=ids.device)
+        ids[pick & (r < 0.8)] = self.mask_id                               # 80% [MASK]
+        rand = pick & (r >= 0.8) & (r < 0.9)                               # 10% random token, 10% kept
+        ids[rand] = torch.randint(self.vocab, (int(rand.sum()),), device=ids.device)
+        return ids, labels
+
+    def check(self, model):
+        head = getattr(model, "mlm_head", None)
+        _need(head is not None, "objective mlm needs a fusion_encoder built with mlm_vocab_size > 0")
+        _need(head.decoder.out_features >= self.vocab, f"objective mlm: the model's MLM head predicts "
+              f"{head.decoder.out_features} tokens but the tokenizer has {self.vocab}; set mlm_vocab_size: {self.vocab}")
+
+    def __call__(self, model, batch):
+        ids, labels = self.mask(batch["input_ids"], batch["attention_mask"])
+        out = _forward(model, batch) if "_forward" in batch else None
+        image = out.image_features if out is not None else None
+        # The image side is shared with ITC/ITM when they ran; only the masked text is new.
+        mlm = model(pixel_values=None if image is not None else batch["pixel_values"], image_features=image,
+                    input_ids=ids, attention_mask=batch["attention_mask"], return_mlm=True)
+        logits = mlm.mlm_logits.float()                                    # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        keep = labels != -100
+        return loss, {"loss": loss.detach(), "acc": _accuracy(logits[keep], labels[keep])}
+
+
+# --------------------------------------------------------------------------------------- LM
+@TASKS.register("lm")
+class LM(Objective):
+    """Next-token cross-entropy of the decoder (captioning, generative VQA, translation).
+
+    Targets are `decoder_input_ids` shifted by one ([CLS] w1 ... wn [SEP] -> w1 ... wn [SEP]);
+    padding (decoder_attention_mask == 0) is ignored. Encoder-side text (`input_ids`: the
+    question or source sentence) goes into the memory when the batch has it.
+
+    Args:
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    requires = ("pixel_values", "decoder_input_ids", "decoder_attention_mask")
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def check(self, model):
+        _need(getattr(model, "decoder", None) is not None, "objective lm needs an encoder_decoder model")
+
+    def __call__(self, model, batch):
+        dec, dmask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
+        out = model(pixel_values=batch["pixel_values"], decoder_input_ids=dec, decoder_attention_mask=dmask,
+                    input_ids=batch.get("input_ids"), attention_mask=batch.get("attention_mask"))
+        logits = out.logits[:, :-1].float()                                # (B, T-1, V)
+        target = dec[:, 1:].masked_fill(dmask[:, 1:] == 0, -100)           # (B, T-1)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
+                               label_smoothing=self.label_smoothing)
+        keep = target != -100
+        return loss, {"loss": loss.detach(), "token_acc": _accuracy(logits[keep], target[keep])}
+
+
+# ----------------------------------------------------------------- classification / VQA answers
+@TASKS.register("classification")
+class Classification(Objective):
+    """Cross-entropy of the fusion classifier over `labels` (multimodal classification).
+
+    Args:
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask", "labels")
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def check(self, model):
+        _need(getattr(model, "classifier", None) is not None,
+              "objective classification needs a fusion_encoder with labels (its class names)")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        logits = out.logits.float()
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
+        return loss, {"loss": loss.detach(), "acc": _accuracy(logits, batch["labels"])}
+
+
+@TASKS.register("vqa_classification")
+class VQAClassification(Objective):
+    """VQA as classification over the answer vocabulary.
+
+    With `answer_scores` (B, C) in the batch (VQAv2 soft scores min(1, #annotators/3)) the loss
+    is binary cross-entropy summed over answers (Anderson et al., 2018) and the logged `score`
+    is the VQA accuracy of the arg-max answer; otherwise cross-entropy on `labels`.
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask", "labels")
+
+    def check(self, model):
+        _need(getattr(model, "classifier", None) is not None,
+              "objective vqa_classification needs a fusion_encoder with an answer vocabulary (labels)")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        logits = out.logits.float()                                        # (B, C)
+        logs = {"acc": _accuracy(logits, batch["labels"])}
+        if batch.get("answer_scores") is not None:
+            scores = batch["answer_scores"].float()
+            loss = F.binary_cross_entropy_with_logits(logits, scores, reduction="sum") / logits.shape[0]
+            logs["score"] = scores.gather(1, logits.argmax(-1, keepdim=True)).mean().detach()
+        else:
+            loss = F.cross_entropy(logits, batch["labels"])
+        return loss, {"loss": loss.detach(), **logs}
+
+
+# ------------------------------------------------------------------------- defaults per task
+def default_objectives(task: str, family: str, model=None) -> list[dict]:
+    """The objectives a task trains with when the config lists none.
+
+    Args:
+        task: the run's task. family: the model family (`dual_encoder`, ...).
+        model: the built model, to see which pretraining heads it has.
+    """
+    if task == "pretrain":
+        if family == "encoder_decoder":
+            return [{"type": "lm"}]
+        if family == "dual_encoder":
+            return [{"type": "itc"}]
+        objs = []
+        if getattr(model, "image_proj", None) is not None:
+            objs.append({"type": "itc"})
+        if getattr(model, "itm_head", None) is not None:
+            objs.append({"type": "itm"})
+        if getattr(model, "mlm_head", None) is not None:
+            objs.append({"type": "mlm"})
+        return objs or [{"type": "classification"}]
+    if task in ("captioning", "translation"):
+        return [{"type": "lm"}]
+    if task == "vqa":
+        return [{"type": "lm"}] if family == "encoder_decoder" else [{"type": "vqa_classification"}]
+    if task == "retrieval":
+        return [{"type": "itc"}]
+    if task == "classification":
+        return [{"type": "classification"}]
+    raise ValueError(f"unknown task {task!r}")
