@@ -235,8 +235,10 @@ def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
 def _mount_subapps() -> None:
     """Areas keep their commands in their own module (`polymodal data …`, `polymodal eval`)."""
     from polymodal.eval.cli import eval_cmd
+    from polymodal.train.cli import train_command
 
     app.command("eval")(eval_cmd)
+    app.command("train")(train_command)
     for module, name in (("polymodal.data.cli", "data"),):
         try:
             sub = __import__(module, fromlist=["app"]).app

@@ -15,19 +15,40 @@ import torch
 from polymodal.errors import ConfigError, DataError
 
 
-def open_records(spec: str, split: str, where: str) -> Sequence[dict]:
-    """The records of dataset `spec` / `split` as a sequence (len + index), via the data module."""
+def open_records(spec: str, split: str, where: str, task: str | None = None, seed: int = 0) -> Sequence[dict]:
+    """The records of dataset `spec` / `split` for `task`, as a map-style dataset.
+
+    Images are decoded by the dataset (robustly): a record whose image is missing or unreadable
+    is replaced by the next good one and counted (`dataset.skipped`), so one bad file never
+    stops a run. A shapes-world directory reads the task's record file.
+    """
+    from polymodal.data import open_dataset
+    from polymodal.data.dataset import RecordDataset
+
     try:
-        from polymodal.data import open_dataset
-    except ImportError as exc:
-        raise ConfigError(f"{where}: opening dataset specs needs polymodal.data.open_dataset, which this "
-                          "installation lacks; pass records from Python: train(cfg, train_records=[...])") from exc
-    records = open_dataset(spec, split)
-    if not (hasattr(records, "__len__") and hasattr(records, "__getitem__")):
-        records = list(records)  # a stream: materialise the (small) records; images stay as paths
-    if len(records) == 0:
+        reader = open_dataset(spec, split, where=where, task=task)
+    except (ConfigError, DataError) as exc:
+        if str(exc).startswith(where):
+            raise
+        raise type(exc)(f"{where}: {exc}") from exc
+    if getattr(reader, "streaming", False):
+        reader = list(reader)  # a stream: materialise the (small) records; images stay as paths
+    if len(reader) == 0:
         raise DataError(f"{where}: dataset {spec!r} split {split!r} has no records")
-    return records
+    return RecordDataset(reader, decode=True, on_error="replace", seed=seed)
+
+
+def infer_labels(task: str, records: Sequence[dict]) -> list[str]:
+    """The classifier's output names from the train records: VQA answers (normalised, most
+    common first) or class labels (sorted)."""
+    from polymodal.data.collate import answer_vocab, label_vocab
+
+    recs = [records.reader[i] if hasattr(records, "reader") else records[i] for i in range(len(records))]
+    vocab = answer_vocab(recs) if task == "vqa" else label_vocab(recs)
+    if len(vocab) < 2:
+        raise DataError(f"the training data has {len(vocab)} distinct {'answers' if task == 'vqa' else 'labels'}; "
+                        "a classifier needs at least two")
+    return vocab.tokens
 
 
 def default_collator(task: str, processor, model) -> Callable[[list[dict]], dict]:

@@ -60,13 +60,64 @@ def build_for_training(cfg: ModelConfig, source: str) -> ModelSetup:
         proc_spec, proc_dir = ckpt["processor"], Path(cfg.init_from)
     spec = merge_spec(spec, cfg.overrides)
     proc_spec = merge_spec(proc_spec, cfg.processor)
-    base = build_model(spec, source=source)
     processor = Processor.from_spec(proc_spec, f"{source}: model.processor", proc_dir)
+    if ckpt is None:
+        spec = fit_to_tokenizer(spec, processor.tokenizer, cfg.overrides)
+    base = build_model(spec, source=source)
     if cfg.init_from:
         _load_matching(base, Path(cfg.init_from))
     _freeze(base, cfg.freeze, source)
     model = _add_lora(base, cfg.lora, cfg.freeze, source) if cfg.lora is not None else base
     return ModelSetup(model, base, processor, task, cfg.recipe, cfg.lora is not None)
+
+
+def recipe_task(cfg: ModelConfig, source: str) -> str | None:
+    """The task a model config implies: its recipe's, else its init_from checkpoint's."""
+    from polymodal.checkpoint import read_config
+    from polymodal.models.recipes import get_recipe
+
+    if cfg.recipe is not None:
+        try:
+            return get_recipe(cfg.recipe).get("task")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: model.recipe: {exc}") from exc
+    if cfg.init_from:
+        return read_config(cfg.init_from).get("task")
+    return None
+
+
+def family(cfg: ModelConfig) -> str | None:
+    """The model family type the config builds (dual_encoder, fusion_encoder, encoder_decoder)."""
+    from polymodal.models.recipes import get_recipe
+
+    spec = cfg.spec or (get_recipe(cfg.recipe)["model"] if cfg.recipe else None)
+    return merge_spec(spec, cfg.overrides).get("type") if spec else None
+
+
+def fit_to_tokenizer(spec: dict, tokenizer, overrides: dict) -> dict:
+    """Size from-scratch text towers, decoders and MLM heads to the processor's tokenizer.
+
+    A recipe is written for one tokenizer (MiniLM's 30,522 WordPieces); a run that brings its
+    own (e.g. one fitted to its data with `train_tokenizer`) gets embedding tables and special
+    ids that match it. Keys the config's overrides set explicitly are left alone.
+    """
+    spec = copy.deepcopy(spec)
+    n = len(tokenizer)
+    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    said = {k: set(v) if isinstance(v, dict) else set() for k, v in overrides.items()}
+    text = spec.get("text")
+    if isinstance(text, dict) and text.get("type") == "bert" and "vocab_size" not in said.get("text", ()):
+        text["vocab_size"] = n
+    dec = spec.get("decoder")
+    if isinstance(dec, dict) and dec.get("type") == "gpt2" and not dec.get("pretrained") and not dec.get("config"):
+        for key, value in (("vocab_size", n), ("bos_token_id", bos), ("eos_token_id", eos),
+                           ("pad_token_id", tokenizer.pad_token_id)):
+            if key not in said.get("decoder", ()) and value is not None:
+                dec[key] = value
+    if spec.get("mlm_vocab_size") and "mlm_vocab_size" not in overrides:
+        spec["mlm_vocab_size"] = n
+    return spec
 
 
 def _load_matching(model: nn.Module, directory: Path) -> None:

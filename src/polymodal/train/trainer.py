@@ -75,6 +75,13 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
 
     # ---- everything that can be wrong is found before the first step -------------------------
     set_seed(cfg.seed)  # identical initialisation on every process
+    task = cfg.task or _model.recipe_task(cfg.model, source)
+    train_set = train_records if train_records is not None else _data.open_records(
+        cfg.data.train, cfg.data.train_split, f"{source}: data.train", task, cfg.seed)
+    if (train_records is None and task in ("vqa", "classification") and "labels" not in cfg.model.overrides
+            and not cfg.model.init_from and _model.family(cfg.model) == "fusion_encoder"):
+        # The classifier's rows are the training data's answers / labels, unless the config names them.
+        cfg.model.overrides["labels"] = _data.infer_labels(task, train_set)
     setup = _model.build_for_training(cfg.model, source)
     model, processor = setup.model, setup.processor
     cfg.task = cfg.task or setup.task
@@ -85,10 +92,9 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     objectives = _build_objectives(cfg.objectives, processor, setup.base, source)
     requires = {k for _, _, obj in objectives for k in obj.requires}
 
-    train_set = train_records if train_records is not None else (
-        _data.open_records(cfg.data.train, cfg.data.train_split, f"{source}: data.train") if cfg.data.train else None)
     val_set = val_records if val_records is not None else (
-        _data.open_records(cfg.data.val, cfg.data.val_split, f"{source}: data.val") if cfg.data.val else None)
+        _data.open_records(cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.task, cfg.seed)
+        if cfg.data.val else None)
     collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base)
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
     if val_set is not None:
@@ -211,6 +217,8 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     n_micro, t_last, last_ckpt, stopped, grad_norm = 0, time.perf_counter(), resume_from, False, 0.0
 
     while state["step"] < total_steps and not stopped:
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(state["epoch"])  # e.g. another of each image's captions every epoch
         sampler = _data.EpochBatches(len(train_set), opt.batch_size, world, rank, cfg.seed, state["epoch"],
                                      opt.grad_accum, start=state["micro_in_epoch"])
         # A private generator: creating the loader must not draw from the global RNG (dropout).
