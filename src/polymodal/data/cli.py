@@ -146,3 +146,37 @@ def shard(
     text = (f"wrote {report['records']} records in {len(report['shards'])} shard(s)"
             + (f", skipped {report['skipped']}" if report["skipped"] else "") + f"; read them with {report['spec']}")
     _emit(report, as_json, text)
+
+
+@app.command()
+def tokenizer(
+    specs: list[str] = typer.Argument(..., help="dataset specs whose texts the vocabulary is fitted to"),
+    out: Path = typer.Option(..., "--out", help="folder for the tokenizer files"),
+    split: str = typer.Option("train", "--split"),
+    vocab_size: int = typer.Option(2000, "--vocab-size", help="upper bound of the vocabulary"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Fit a small WordPiece tokenizer to a dataset's texts (English and Chinese alike).
+
+    Use it with `model.processor.tokenizer: FOLDER` in a training config: text towers and
+    decoders trained from scratch are sized to it, and the LM head shrinks from 30k to its size.
+    """
+    from polymodal.data import open_dataset
+    from polymodal.data.fields import TEXT_FIELDS
+    from polymodal.processing import Processor, train_tokenizer
+
+    texts: list[str] = []
+    try:
+        for spec in specs:
+            for rec in open_dataset(spec, split):
+                for key in (*TEXT_FIELDS, "captions", "captions_zh", "answers"):
+                    value = rec.get(key)
+                    texts += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        if not texts:
+            raise PolymodalError(f"{', '.join(specs)}: no texts to fit a tokenizer to")
+        path = train_tokenizer(texts, out, vocab_size=vocab_size)
+        size = Processor(tokenizer=str(path)).vocab_size
+    except PolymodalError as exc:
+        _fail(exc)
+    _emit({"out": str(path), "vocab_size": size, "texts": len(texts)}, as_json,
+          f"wrote a {size}-token tokenizer fitted to {len(texts)} texts to {path}")

@@ -51,14 +51,15 @@ def infer_labels(task: str, records: Sequence[dict]) -> list[str]:
     return vocab.tokens
 
 
-def default_collator(task: str, processor, model) -> Callable[[list[dict]], dict]:
+def default_collator(task: str, processor, model, text_field: str | None = None) -> Callable[[list[dict]], dict]:
     """The data module's collator for `task` (records -> batch with the keys of docs/training.md)."""
     try:
         from polymodal.data.collate import make_collator
     except ImportError as exc:
         raise ConfigError(f"task {task!r}: no collator available (polymodal.data.collate is missing); "
                           "pass collate_fn=... to train()") from exc
-    return make_collator(task, processor, labels=getattr(model, "labels", None) or None)
+    kwargs = {"field": text_field} if text_field else {}
+    return make_collator(task, processor, labels=getattr(model, "labels", None) or None, **kwargs)
 
 
 def micro_batches_per_epoch(n: int, batch_size: int, world: int, accum: int) -> int:

@@ -80,6 +80,8 @@ class DataConfig:
         train_split, val_split: the split names to open.
         num_workers: DataLoader worker processes (image decoding happens in the collator).
         max_val_samples: validate on at most this many validation records.
+        text_field: the record field of the texts for captioning / pretraining / retrieval
+            ("captions", or "captions_zh" for Chinese); None: the collator's default.
     """
 
     train: str | None = None
@@ -88,6 +90,7 @@ class DataConfig:
     val_split: str = "val"
     num_workers: int = 0
     max_val_samples: int | None = None
+    text_field: str | None = None
 
 
 @dataclass

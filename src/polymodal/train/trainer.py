@@ -95,7 +95,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     val_set = val_records if val_records is not None else (
         _data.open_records(cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.task, cfg.seed)
         if cfg.data.val else None)
-    collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base)
+    collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base, cfg.data.text_field)
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
     if val_set is not None:
         _data.check_batch(collate, val_set, requires, f"{source}: data.val")
