@@ -232,6 +232,19 @@ def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
     _finish(rows, as_json, ["query", "rank", "image", "score"])
 
 
+@app.command("demo")
+def demo_cmd(out: str = typer.Option("demo-out", "--out", help="output directory (finished stages are reused)"),
+             quick: bool = typer.Option(False, "--quick", help="the ~1-minute version"),
+             redo: bool = typer.Option(False, "--redo", help="run every stage again")):
+    """The whole story on the embedded shapes world: data, pretraining, fine-tuning, evaluation, report."""
+    from polymodal.demo import run_demo
+
+    try:
+        run_demo(out, quick=quick, redo=redo)
+    except PolymodalError as exc:
+        _fail(exc)
+
+
 def _mount_subapps() -> None:
     """Areas keep their commands in their own module (`polymodal data …`, `polymodal eval`)."""
     from polymodal.eval.cli import eval_cmd

@@ -2,7 +2,7 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from polymodal.infer._generation import beam_cache
+from polymodal.infer._generation import beam_cache, cache_kwarg
 
 
 def test_shared_cross_cache_is_exact():
@@ -19,7 +19,7 @@ def test_shared_cross_cache_is_exact():
               num_beams=4, do_sample=False, pad_token_id=0, eos_token_id=2)
     with torch.no_grad():
         ref = model.generate(**kw)
-        ours = model.generate(**kw, past_key_values=beam_cache(cfg, 4))
+        ours = model.generate(**kw, **{cache_kwarg(): beam_cache(cfg, 4)})
     assert torch.equal(ref, ours)
     assert len({tuple(r) for r in ref.tolist()}) > 1  # not a degenerate all-equal output
 

@@ -33,8 +33,11 @@ def _rng(item: dict) -> random.Random:
 
 
 def pick_caption(item: dict, field: str = "captions") -> str:
-    """One caption of an item: a seeded choice among `field` (a list), else `caption`."""
-    caps = item.get(field)
+    """One caption of an item: a seeded choice among `field` (a list), else `caption`.
+
+    `field` may join several lists with "+": "captions+captions_zh" picks among both languages.
+    """
+    caps = [c for f in field.split("+") for c in (item.get(f) or [])] if "+" in field else item.get(field)
     if isinstance(caps, list) and caps:
         return _rng(item).choice(caps)
     if field == "captions" and isinstance(item.get("caption"), str):

@@ -14,8 +14,18 @@ from __future__ import annotations
 SUPPORTED_DECODERS = {"gpt2"}
 
 
+def cache_kwarg() -> str:
+    """The name `generate` takes a cache object by: `cache` in transformers 5, `past_key_values` before."""
+    import inspect
+
+    from transformers.generation.utils import GenerationMixin
+
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def beam_cache(decoder_config, num_beams: int | None):
-    """A cache object to pass to `generate(past_key_values=...)`, or None to let HF make its own."""
+    """A cache object to pass to `generate(**{cache_kwarg(): ...})`, or None to let HF make its own."""
     if not num_beams or num_beams <= 1 or getattr(decoder_config, "model_type", None) not in SUPPORTED_DECODERS:
         return None
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache

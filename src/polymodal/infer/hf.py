@@ -254,12 +254,12 @@ class HFVisionEncoderDecoder(_Generator):
     def _generate(self, pixel_values, **gen):
         # The exact call of the model card: model.generate(pixel_values, max_length=16, num_beams=4),
         # with a beam-search cache that skips the no-op reordering of cross-attention K/V.
-        from polymodal.infer._generation import beam_cache
+        from polymodal.infer._generation import beam_cache, cache_kwarg
 
         beams = gen.get("num_beams") or self.model.generation_config.num_beams
         cache = beam_cache(self.model.config.decoder, beams)
         if cache is not None:
-            gen = {**gen, "past_key_values": cache}
+            gen = {**gen, cache_kwarg(): cache}
         return self.model.generate(pixel_values, **gen)
 
 

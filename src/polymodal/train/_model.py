@@ -61,7 +61,7 @@ def build_for_training(cfg: ModelConfig, source: str) -> ModelSetup:
     spec = merge_spec(spec, cfg.overrides)
     proc_spec = merge_spec(proc_spec, cfg.processor)
     processor = Processor.from_spec(proc_spec, f"{source}: model.processor", proc_dir)
-    if ckpt is None:
+    if cfg.recipe is not None or cfg.spec is not None:  # a new architecture, not the checkpoint's own
         spec = fit_to_tokenizer(spec, processor.tokenizer, cfg.overrides)
     base = build_model(spec, source=source)
     if cfg.init_from:

@@ -79,7 +79,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     train_set = train_records if train_records is not None else _data.open_records(
         cfg.data.train, cfg.data.train_split, f"{source}: data.train", task, cfg.seed)
     if (train_records is None and task in ("vqa", "classification") and "labels" not in cfg.model.overrides
-            and not cfg.model.init_from and _model.family(cfg.model) == "fusion_encoder"):
+            and _model.family(cfg.model) == "fusion_encoder"):
         # The classifier's rows are the training data's answers / labels, unless the config names them.
         cfg.model.overrides["labels"] = _data.infer_labels(task, train_set)
     setup = _model.build_for_training(cfg.model, source)

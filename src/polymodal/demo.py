@@ -1,0 +1,253 @@
+"""`polymodal demo`: the whole story on the embedded shapes world, ending in an HTML report.
+
+Stages (each skipped when its outputs exist, so a rerun resumes where it stopped):
+
+  data        generate a shapes-world dataset                 polymodal data generate shapes
+  tokenizer   fit a small EN+ZH WordPiece vocabulary          polymodal data tokenizer
+  align       pretrain a fusion encoder: ITC + ITM + MLM      polymodal train configs/align.yaml
+  lm          pretrain a captioner on EN+ZH captions: LM      polymodal train configs/lm.yaml
+  caption_en  fine-tune it on English captions                polymodal train configs/caption_en.yaml
+  caption_zh  fine-tune it on Chinese captions                polymodal train configs/caption_zh.yaml
+  vqa         fine-tune the aligned encoder for VQA           polymodal train configs/vqa.yaml
+  eval        test and compositional splits, real metrics     polymodal eval ... --baseline
+  report      demo-out/report.html (self-contained)
+
+Every stage runs through the same Python API as the commands it lists in the report, and the
+run configs it trains with are written to OUT/configs/ so each stage can be rerun by hand.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from polymodal._report import write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Budget:
+    """How much data and training: `full` fits ~10 minutes on 2 CPU cores, `quick` ~1 minute."""
+
+    n_images: int
+    align_steps: int
+    lm_steps: int
+    caption_steps: int
+    vqa_steps: int
+    eval_limit: int | None   # records per evaluation (None: the whole split)
+    dim: int = 128
+    batch_size: int = 64
+
+
+BUDGETS = {
+    "full": Budget(n_images=5000, align_steps=300, lm_steps=300, caption_steps=150, vqa_steps=700, eval_limit=None),
+    "quick": Budget(n_images=600, align_steps=12, lm_steps=12, caption_steps=6, vqa_steps=16, eval_limit=40,
+                    dim=64, batch_size=32),
+}
+
+
+def _towers(b: Budget) -> dict:
+    """The vision and text towers every demo model shares (so pretrained weights carry over)."""
+    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32},
+            "text": {"type": "bert", "hidden_size": b.dim, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "max_position_embeddings": 64}}
+
+
+def _configs(out: Path, b: Budget) -> dict[str, dict]:
+    """The run configs of the training stages (written to OUT/configs/NAME.yaml)."""
+    data, tok, runs = str(out / "data"), str(out / "tokenizer"), out / "runs"
+    proc = {"tokenizer": tok, "image": {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "max_length": 48}
+    towers = _towers(b)
+    fusion = {"type": "cross_transformer", "dim": b.dim, "layers": 2, "heads": 4}
+    decoder = {"type": "gpt2", "n_embd": b.dim, "n_layer": 2, "n_head": 4, "n_positions": 64}
+    common = {"precision": "auto", "seed": 0,
+              "logging": {"every": 10, "progress": True, "plot": True, "tensorboard": False}}
+
+    def optim(steps, lr):
+        return {"lr": lr, "max_steps": steps, "batch_size": b.batch_size, "warmup_steps": max(1, steps // 20),
+                "weight_decay": 0.01}
+
+    def ckpt(metric, mode):
+        return {"every": 0, "keep_last": 1, "best_metric": metric, "mode": mode}
+
+    return {
+        "align": {**common, "task": "pretrain", "output_dir": str(runs / "align"),
+                  "model": {"spec": {"type": "fusion_encoder", **towers, "fusion": fusion, "itm": True,
+                                     "mlm_vocab_size": 1, "embed_dim": b.dim}, "processor": proc},
+                  "objectives": [{"type": "itc", "weight": 1.0}, {"type": "itm", "weight": 1.0},
+                                 {"type": "mlm", "weight": 1.0}],
+                  "data": {"train": data, "val": data, "max_val_samples": 256},
+                  "optim": optim(b.align_steps, 1e-3), "checkpointing": ckpt("val/itc/loss", "min")},
+        "lm": {**common, "task": "captioning", "output_dir": str(runs / "lm"),
+               "model": {"spec": {"type": "encoder_decoder", "vision": towers["vision"], "decoder": decoder},
+                         "processor": proc, "init_from": str(runs / "align" / "best")},
+               "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions+captions_zh"},
+               "optim": optim(b.lm_steps, 1e-3), "checkpointing": ckpt("val/lm/loss", "min")},
+        "caption_en": {**common, "task": "captioning", "output_dir": str(runs / "caption_en"),
+                       "model": {"init_from": str(runs / "lm" / "best")},
+                       "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions"},
+                       "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
+        "caption_zh": {**common, "task": "captioning", "output_dir": str(runs / "caption_zh"),
+                       "model": {"init_from": str(runs / "lm" / "best")},
+                       "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions_zh"},
+                       "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
+        "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
+                "model": {"spec": {"type": "fusion_encoder", **towers, "fusion": fusion},
+                          "processor": proc, "init_from": str(runs / "align" / "best")},
+                "data": {"train": data, "val": data, "max_val_samples": 512},
+                "optim": optim(b.vqa_steps, 1e-3),
+                "checkpointing": ckpt("val/vqa_classification/acc", "max")},
+    }
+
+
+# ------------------------------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    name: str
+    title: str
+    commands: list[str]
+    done: Callable[[], bool]
+    run: Callable[[], None]
+
+
+def _train_stage(out: Path, name: str, cfg: dict, title: str) -> Stage:
+    from polymodal.train import train
+
+    path = out / "configs" / f"{name}.yaml"
+    run_dir = Path(cfg["output_dir"])
+
+    def run():
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run of an earlier demo
+        train(str(path))
+
+    return Stage(name, title, [f"polymodal train {path}"], lambda: (run_dir / "best" / "model.safetensors").is_file(),
+                 run)
+
+
+def _stages(out: Path, budget: Budget, mode: str) -> list[Stage]:
+    data, tok = out / "data", out / "tokenizer"
+    configs = _configs(out, budget)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    for name, cfg in configs.items():
+        (out / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+    def gen():
+        from polymodal.data import shapes
+
+        shapes.generate(data, n=budget.n_images, seed=0, overwrite=True)
+
+    specs = [f"shapes:{data}:{t}" for t in ("captions", "vqa", "classify", "translate")]
+
+    def fit_tokenizer():
+        from polymodal.data.cli import tokenizer as cmd
+
+        cmd(specs, tok, split="train", vocab_size=2000, as_json=False)
+
+    stages = [
+        Stage("data", "Generate the shapes world", [f"polymodal data generate shapes --out {data} "
+                                                    f"--n {budget.n_images} --seed 0"],
+              lambda: (data / "meta.json").is_file(), gen),
+        Stage("tokenizer", "Fit an English + Chinese vocabulary",
+              [f"polymodal data tokenizer {' '.join(specs)} --out {tok} --vocab-size 2000"],
+              lambda: (tok / "tokenizer.json").is_file(), fit_tokenizer),
+        _train_stage(out, "align", configs["align"], "Pretrain: image-text alignment (ITC + ITM + MLM)"),
+        _train_stage(out, "lm", configs["lm"], "Pretrain: captioning LM on English + Chinese captions"),
+        _train_stage(out, "caption_en", configs["caption_en"], "Fine-tune: English captioning"),
+        _train_stage(out, "caption_zh", configs["caption_zh"], "Fine-tune: Chinese captioning"),
+        _train_stage(out, "vqa", configs["vqa"], "Fine-tune: visual question answering"),
+    ]
+    evals = _evaluations(out, budget)
+    stages.append(Stage("eval", "Evaluate on the test and compositional splits", [e["command"] for e in evals],
+                        lambda: all(Path(e["out"]).is_file() for e in evals), lambda: _run_evals(evals)))
+    stages.append(Stage("report", "Write the report", [f"polymodal demo --out {out}" + (" --quick" if mode == "quick" else "")],
+                        lambda: False, lambda: None))
+    return stages
+
+
+def _evaluations(out: Path, b: Budget) -> list[dict]:
+    data, runs, m = out / "data", out / "runs", out / "metrics"
+    limit = f" --limit {b.eval_limit}" if b.eval_limit else ""
+    items = []
+    for split in ("test", "comp"):
+        items += [
+            dict(task="vqa", model=runs / "vqa" / "best", split=split, lang="en", gen={}),
+            dict(task="captioning", model=runs / "caption_en" / "best", split=split, lang="en",
+                 gen={"num_beams": 3, "max_new_tokens": 40}),
+            dict(task="captioning", model=runs / "caption_zh" / "best", split=split, lang="zh",
+                 gen={"num_beams": 3, "max_new_tokens": 48}),
+            dict(task="retrieval", model=runs / "align" / "best", split=split, lang="en", gen={}),
+        ]
+    for it in items:
+        tag = "caption_" + it["lang"] if it["task"] == "captioning" else it["task"]
+        it["out"] = str(m / f"{tag}_{it['split']}.json")
+        gen = "".join(f" --{'beams' if k == 'num_beams' else 'max-tokens'} {v}" for k, v in it["gen"].items())
+        it["command"] = (f"polymodal eval --model {it['model']} --data {data} --task {it['task']} --split {it['split']}"
+                         f" --lang {it['lang']}{gen}{limit} --baseline --out {it['out']}")
+        it["limit"] = b.eval_limit
+    return items
+
+
+def _run_evals(evals: list[dict]) -> None:
+    from polymodal.eval.cli import finite
+    from polymodal.eval.run import evaluate
+
+    for e in evals:
+        res = evaluate(e["task"], str(Path(e["out"]).parents[1] / "data"), model=str(e["model"]), split=e["split"],
+                       limit=e["limit"], lang=e["lang"], baseline=True, **e["gen"])
+        res["model"] = str(e["model"])
+        Path(e["out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(e["out"]).write_text(json.dumps(finite(res), indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------- driver
+def run_demo(out: str | Path = "demo-out", quick: bool = False, redo: bool = False, console=None) -> Path:
+    """Run every stage not yet done in `out`, then write `out/report.html`; returns its path.
+
+    Args:
+        out: the output directory (reused: finished stages are skipped).
+        quick: the ~1-minute version (tiny data and budgets), used by the tests.
+        redo: run every stage again, even finished ones.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    mode = "quick" if quick else "full"
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = BUDGETS[mode]
+    marker = out / "demo.json"
+    state = json.loads(marker.read_text()) if marker.is_file() else {}
+    if state.get("mode") not in (None, mode):
+        redo = True  # the other budget's outputs do not belong in this report
+    state["mode"] = mode
+    timings = {} if redo else state.get("timings", {})
+    stages = _stages(out, budget, mode)
+    if redo:
+        import shutil
+
+        for sub in ("data", "tokenizer", "runs", "metrics"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    for i, stage in enumerate(stages, 1):
+        head = f"[bold]{i}/{len(stages)} {stage.title}[/bold]"
+        if stage.name != "report" and stage.done():
+            console.print(f"{head} — done already ({timings.get(stage.name, 0):.0f} s earlier), skipped")
+            continue
+        console.print(f"{head}\n  $ " + "\n  $ ".join(stage.commands[:2]) + (" …" if len(stage.commands) > 2 else ""))
+        t0 = time.perf_counter()
+        if stage.name == "report":
+            path = write_report(out, stages, timings, mode)
+        else:
+            stage.run()
+        timings[stage.name] = round(time.perf_counter() - t0, 1)
+        state["timings"] = timings
+        marker.write_text(json.dumps(state, indent=2))
+    console.print(f"[green]report: {path}[/green]")
+    return path
