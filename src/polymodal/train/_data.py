@@ -8,6 +8,7 @@ per-process batch b see the same global batches as 1 process with batch N x b.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -15,29 +16,83 @@ import torch
 from polymodal.errors import ConfigError, DataError
 
 
-def open_records(spec: str, split: str, where: str) -> Sequence[dict]:
-    """The records of dataset `spec` / `split` as a sequence (len + index), via the data module."""
+def open_records(spec: str, split: str, where: str, seed: int, train: bool) -> Sequence[dict]:
+    """The map-style torch dataset of `spec` / `split` (images decoded by the data module).
+
+    A bad record is replaced by the next good one in training (batches keep their size) and
+    dropped in validation (nothing counted twice).
+    """
     try:
-        from polymodal.data import open_dataset
+        from polymodal.data.dataset import RecordDataset, build_dataset
     except ImportError as exc:
-        raise ConfigError(f"{where}: opening dataset specs needs polymodal.data.open_dataset, which this "
-                          "installation lacks; pass records from Python: train(cfg, train_records=[...])") from exc
-    records = open_dataset(spec, split)
-    if not (hasattr(records, "__len__") and hasattr(records, "__getitem__")):
-        records = list(records)  # a stream: materialise the (small) records; images stay as paths
-    if len(records) == 0:
+        raise ConfigError(f"{where}: opening dataset specs needs polymodal.data, which this installation "
+                          "lacks; pass records from Python: train(cfg, train_records=[...])") from exc
+    data = build_dataset(spec, split, seed=seed, on_error="replace" if train else "drop")
+    if not isinstance(data, RecordDataset):
+        raise ConfigError(f"{where}: {spec!r} is streamed (WebDataset shards); the trainer needs a map-style "
+                          "dataset (exact resume and data order); use a JSONL / COCO / shapes / folder spec")
+    if len(data) == 0:
         raise DataError(f"{where}: dataset {spec!r} split {split!r} has no records")
-    return records
+    return data
 
 
 def default_collator(task: str, processor, model) -> Callable[[list[dict]], dict]:
-    """The data module's collator for `task` (records -> batch with the keys of docs/training.md)."""
+    """polymodal.data's collator for the run's task and model family, in the batch keys of
+    docs/training.md (`ContractCollator`)."""
     try:
         from polymodal.data.collate import make_collator
+        from polymodal.data.vocab import Vocab
     except ImportError as exc:
         raise ConfigError(f"task {task!r}: no collator available (polymodal.data.collate is missing); "
                           "pass collate_fn=... to train()") from exc
-    return make_collator(task, processor, labels=getattr(model, "labels", None) or None)
+    family = model.build_spec["type"]
+    labels = list(getattr(model, "labels", None) or [])
+    if task == "vqa" and family == "fusion_encoder":
+        inner = make_collator("vqa", processor, answers=Vocab(labels))  # answers in the classifier's order
+    elif task == "vqa":
+        inner = make_collator("vqa_generate", processor)
+    elif task == "classification":
+        inner = make_collator("classify", processor, labels=Vocab(labels))
+    elif task == "translation":
+        inner = make_collator("translate", processor)
+    elif task == "captioning" or family == "encoder_decoder":
+        inner = make_collator("caption", processor)
+    else:  # pretrain / retrieval: image-caption pairs
+        inner = make_collator("pretrain", processor)
+    return ContractCollator(inner, processor.tokenizer.pad_token_id or 0)
+
+
+class ContractCollator:
+    """A data-module collator whose batches are renamed into the objectives' batch keys.
+
+    `labels` (B, T) token targets (-100 on padding) -> `decoder_input_ids` /
+    `decoder_attention_mask`; VQA `targets` -> `answer_scores`, `answer_ids` -> `labels`;
+    `image_ids` strings -> int64 (a stable hash, equal across processes).
+    """
+
+    def __init__(self, inner: Callable, pad_id: int):
+        self.inner, self.pad_id = inner, pad_id
+
+    def __call__(self, items: list) -> dict | None:
+        batch = self.inner(items)
+        if batch is None:
+            return None
+        labels = batch.get("labels")
+        if isinstance(labels, torch.Tensor) and labels.ndim == 2:  # token targets: [CLS] ... [SEP]
+            batch["decoder_input_ids"] = labels.masked_fill(labels == -100, self.pad_id)
+            batch["decoder_attention_mask"] = (labels != -100).long()
+            del batch["labels"]
+        if "targets" in batch:
+            batch["answer_scores"] = batch.pop("targets")
+            batch["labels"] = batch.pop("answer_ids")
+        ids = batch.get("image_ids")
+        if isinstance(ids, list):
+            batch["image_ids"] = torch.tensor([_stable_id(str(i)) for i in ids], dtype=torch.long)
+        return batch
+
+
+def _stable_id(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def micro_batches_per_epoch(n: int, batch_size: int, world: int, accum: int) -> int:
