@@ -76,3 +76,29 @@ def collator(processor):
         return batch
 
     return collate
+
+
+# Parts without dropout or BatchNorm: runs that should agree exactly (several processes vs one,
+# accumulated vs one big batch) draw no per-process random masks and share no batch statistics.
+VIT = {"type": "vit", "config": {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2,
+                                 "num_attention_heads": 2, "intermediate_size": 128}}
+BERT = {"type": "hf_text", "pretrained": None, "pool": "cls",
+        "config": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 128, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+GPT = {"type": "gpt2", "config": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 32,
+                                  "add_cross_attention": True, "bos_token_id": 101, "eos_token_id": 102,
+                                  "pad_token_id": 0, "vocab_size": 30522, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                  "attn_pdrop": 0.0}}
+NO_DROPOUT = {"lm": ("captioning", {"type": "encoder_decoder", "vision": VIT, "decoder": GPT}),
+              "itc": ("retrieval", {"type": "dual_encoder", "vision": VIT, "text": BERT, "embed_dim": 32})}
+PROCESSOR = {"image": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, "tokenizer": "minilm", "max_length": 16}
+
+
+def exact_config(name: str, out, batch_size: int, grad_accum: int = 1, steps: int = 6) -> dict:
+    """A run of NO_DROPOUT[name] logging every step, for curves that must agree exactly."""
+    task, spec = NO_DROPOUT[name]
+    return {"task": task, "model": {"spec": spec, "processor": PROCESSOR},
+            "optim": {"lr": 1e-3, "max_steps": steps, "batch_size": batch_size, "grad_accum": grad_accum,
+                      "warmup_steps": 2},
+            "checkpointing": {"every": 0}, "logging": {"every": 1, "progress": False, "plot": False},
+            "output_dir": str(out), "precision": "no"}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import needs_fusion, processor_for, run_config
+from _helpers import needs_fusion, processor_for, run_config
 from _synthetic import collator, records
 from polymodal.errors import ConfigError, DataError
 from polymodal.registry import FUSIONS

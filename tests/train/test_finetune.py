@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import polymodal
-from conftest import processor_for, run_config
+from _helpers import processor_for, run_config
 from _synthetic import collator, records
 from polymodal.train import train
 
@@ -90,3 +90,20 @@ def test_validation_best_checkpoint_and_early_stopping(tmp_path):
     assert polymodal.load(res.best_checkpoint).embed_texts(["a red image"]).shape == (1, 64)
     for name in ("metrics.jsonl", "metrics.csv", "config.yaml"):
         assert (res.output_dir / name).is_file()
+
+
+@pytest.mark.slow
+def test_lora_on_the_packaged_pretrained_towers(tmp_path):
+    """configs/shapes/vqa-lora.yaml's set-up: EfficientNet-Lite0 frozen, LoRA in MiniLM."""
+    from polymodal.registry import FUSIONS, VISION
+
+    if "efficientnet_lite0" not in VISION or "cross_transformer" not in FUSIONS:
+        pytest.skip("EfficientNet-Lite0 / fusion modules not merged yet")
+    lora = {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "train_also": ["fusion", "classifier"]}
+    res = train(run_config("vqa-small", "vqa", tmp_path / "run", steps=3, batch_size=4,
+                           model={"freeze": ["vision"], "lora": lora,
+                                  "overrides": {"labels": ["yes", "no", "red", "green", "blue", "yellow",
+                                                           "white", "black"]}}),
+                train_records=records("vqa", 16), collate_fn=collator(processor_for("vqa-small")))
+    m = polymodal.load(res.last_checkpoint)
+    assert m.answer([records("vqa", 1)[0]["image"]], ["what colour is it?"])[0] in m.model.labels

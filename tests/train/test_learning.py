@@ -7,7 +7,7 @@ import torch
 
 import polymodal
 from _synthetic import COLOURS, NAMES, VQA_ANSWERS, records
-from conftest import needs_fusion
+from _helpers import needs_fusion
 
 HELD_OUT = 60
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import polymodal
-from conftest import needs_fusion, processor_for
+from _helpers import needs_fusion, processor_for
 from _synthetic import collator, records
 from polymodal.train.objectives import ITC, LM, MLM, VQAClassification, hard_negatives
 

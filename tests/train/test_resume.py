@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import processor_for, run_config
+from _helpers import processor_for, run_config
 from _synthetic import collator, records
 from polymodal.train import train
 
@@ -27,7 +27,7 @@ SCRIPT = f"""
 import sys, torch
 sys.path.insert(0, {str(HERE)!r})
 torch.set_num_threads(1)
-from conftest import run_config, processor_for
+from _helpers import run_config, processor_for
 from _synthetic import records, collator
 from polymodal.train import train
 train(run_config("captioner-tiny", "captioning", sys.argv[1], steps={STEPS}, lr=1e-3, batch_size=8,

@@ -88,7 +88,8 @@ class RunDir:
         return latest if resume else None
 
     # ----------------------------------------------------------------------------- writing
-    def save(self, step: int, accelerator, write_model, extra: dict, state: dict, keep_last: int) -> Path:
+    def save(self, step: int, accelerator, write_model, extra: dict, state: dict, keep_last: int,
+             write_all=None) -> Path:
         """Write `step-NNNNNN/` atomically. Called on every process.
 
         Args:
@@ -96,6 +97,7 @@ class RunDir:
             extra: {file name: object} written with torch.save by the main process
                 (optimizer, scheduler, ... : tensors and plain values only).
             state: the trainer state (step, epoch, data position, best value), as JSON.
+            write_all: callable(directory) every process runs (Accelerate's sharded states).
         """
         final = self.path / f"step-{step:06d}"
         tmp = self.path / f".step-{step:06d}.tmp"
@@ -105,6 +107,8 @@ class RunDir:
             for name, obj in extra.items():
                 torch.save(obj, tmp / name)
         accelerator.wait_for_everyone()
+        if write_all is not None:
+            write_all(tmp)
         torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -77,7 +77,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     set_seed(cfg.seed)  # identical initialisation on every process
     task = cfg.task or _model.recipe_task(cfg.model, source)
     train_set = train_records if train_records is not None else _data.open_records(
-        cfg.data.train, cfg.data.train_split, f"{source}: data.train", task, cfg.seed)
+        cfg.data.train, cfg.data.train_split, f"{source}: data.train", cfg.seed, train=True, task=task)
     if (train_records is None and task in ("vqa", "classification") and "labels" not in cfg.model.overrides
             and _model.family(cfg.model) == "fusion_encoder"):
         # The classifier's rows are the training data's answers / labels, unless the config names them.
@@ -92,8 +92,8 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     objectives = _build_objectives(cfg.objectives, processor, setup.base, source)
     requires = {k for _, _, obj in objectives for k in obj.requires}
 
-    val_set = val_records if val_records is not None else (
-        _data.open_records(cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.task, cfg.seed)
+    val_set = val_records if val_records is not None else (_data.open_records(
+        cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.seed, train=False, task=cfg.task)
         if cfg.data.val else None)
     collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base, cfg.data.text_field)
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
@@ -128,6 +128,11 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         log.info("precision auto: %s", "bf16" if precision == "bf16" else "fp32")
     cfg.precision = precision  # the resolved value goes into config.yaml
     accelerator = _accelerator(precision, opt.grad_accum)
+    # FSDP / DeepSpeed shard weights and optimizer state over the processes: checkpoints gather
+    # the weights and leave the optimizer to Accelerate's own (sharded) state files.
+    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+    if sharded and setup.lora:
+        raise ConfigError(f"{source}: LoRA under {accelerator.distributed_type.name} is not supported yet; use DDP")
     best_key, mode = cfg.checkpointing.best_metric, cfg.checkpointing.mode
     if val_set is not None and best_key not in {f"val/{k}" for k in log_keys}:
         raise ConfigError(f"{source}: checkpointing.best_metric {best_key!r} is not a validation value; "
@@ -147,11 +152,14 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "samples": 0, "best_value": None, "best_step": None,
              "bad_validations": 0, "world_size": world}
     rng_to_restore = None
-    if resume_from is not None:
+    if resume_from is not None and not sharded:
         _load_weights(model, setup, resume_from)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if resume_from is not None and sharded:
+        accelerator.load_state(str(resume_from / "accelerate"))  # weights + sharded optimizer state
     if resume_from is not None:
-        optimizer.load_state_dict(_run.load_torch(resume_from / "optimizer.pt"))
+        if not sharded:
+            optimizer.load_state_dict(_run.load_torch(resume_from / "optimizer.pt"))
         scheduler.load_state_dict(_run.load_torch(resume_from / "scheduler.pt"))
         if accelerator.scaler is not None and (resume_from / "scaler.pt").is_file():
             accelerator.scaler.load_state_dict(_run.load_torch(resume_from / "scaler.pt"))
@@ -175,19 +183,25 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         from polymodal.checkpoint import save_checkpoint as write
 
         meta = {"task": cfg.task, "recipe": setup.recipe, "training": {"step": step, "run": str(run.path)}}
-        extra = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict()}
+        plain = _plain_model(setup, accelerator, model) if sharded else None  # (a collective)
+        extra = {"scheduler.pt": scheduler.state_dict()}
+        if not sharded:
+            extra["optimizer.pt"] = optimizer.state_dict()
         if accelerator.scaler is not None:
             extra["scaler.pt"] = accelerator.scaler.state_dict()
         if setup.lora:  # resume needs the adapter-wrapped weights, not the merged ones
             extra["lora_state.pt"] = {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()}
-        path = run.save(step, accelerator, lambda d: write(d, _model.merged_for_saving(setup, unwrapped), processor, **meta), extra,
-                        dict(state), cfg.checkpointing.keep_last)
+        path = run.save(step, accelerator,
+                        lambda d: write(d, plain or _model.merged_for_saving(setup, unwrapped), processor, **meta),
+                        extra, dict(state), cfg.checkpointing.keep_last,
+                        write_all=(lambda d: accelerator.save_state(str(d / "accelerate"))) if sharded else None)
         metrics.flush(cfg.logging.plot)
         return path
 
     def validate(step: int) -> bool:
         """Validation values into the log; update best/; True if training should stop early."""
-        values = _evaluate(unwrapped, objectives, val_set, collate, accelerator, cfg, frozen)
+        values = _evaluate(model if sharded else unwrapped, objectives, val_set, collate, accelerator, cfg, frozen,
+                           equal_shards=sharded)
         metrics.add({"step": step, **values})
         if accelerator.is_main_process:
             log.info("step %d validation: %s", step, _fmt(values))
@@ -195,10 +209,11 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         better = state["best_value"] is None or (value < state["best_value"] if mode == "min" else value > state["best_value"])
         if better:
             state.update(best_value=value, best_step=step, bad_validations=0)
+            plain = _plain_model(setup, accelerator, model) if sharded else None  # (a collective)
             if accelerator.is_main_process:
                 from polymodal.checkpoint import save_checkpoint as write
 
-                write(run.path / "best", _model.merged_for_saving(setup, unwrapped), processor, task=cfg.task,
+                write(run.path / "best", plain or _model.merged_for_saving(setup, unwrapped), processor, task=cfg.task,
                       recipe=setup.recipe, training={"step": step, "best_metric": best_key, "value": value})
         else:
             state["bad_validations"] += 1
@@ -213,17 +228,19 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         m.eval()
     progress = _Progress(total_steps, state["step"], cfg.logging.progress and accelerator.is_main_process)
     global_batch = opt.batch_size * world * opt.grad_accum
-    sums: dict[str, float] = defaultdict(float)  # logged values summed over micro-batches since the last log
+    # Logged values summed over the micro-batches since the last log row; kept as tensors so a
+    # GPU is not synchronised every step.
+    sums: dict = defaultdict(float)
     n_micro, t_last, last_ckpt, stopped, grad_norm = 0, time.perf_counter(), resume_from, False, 0.0
 
     while state["step"] < total_steps and not stopped:
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(state["epoch"])  # e.g. another of each image's captions every epoch
         sampler = _data.EpochBatches(len(train_set), opt.batch_size, world, rank, cfg.seed, state["epoch"],
                                      opt.grad_accum, start=state["micro_in_epoch"])
+        if hasattr(train_set, "set_epoch"):  # per-epoch choices of the data module (which caption)
+            train_set.set_epoch(state["epoch"])
         # A private generator: creating the loader must not draw from the global RNG (dropout).
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=cfg.data.num_workers,
+                                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                                              generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
         for batch in loader:
             batch = _to(batch, device)
@@ -232,11 +249,11 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
                     loss, logs = _losses(objectives, model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and opt.clip_grad_norm:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), opt.clip_grad_norm))
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             for k, v in logs.items():
-                sums[k] += float(v)
+                sums[k] = sums[k] + v
             n_micro += 1
             state["micro_in_epoch"] += 1
             if not accelerator.sync_gradients:
@@ -248,10 +265,10 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
             state["samples"] += global_batch
             step = state["step"]
             if step % cfg.logging.every == 0 or step == total_steps:
-                values = _mean_over_processes({k: v / n_micro for k, v in sums.items()}, accelerator)
+                values = _mean_over_processes({k: float(v) / n_micro for k, v in sums.items()}, accelerator)
                 now = time.perf_counter()
                 row = {"step": step, "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **values,
-                       **({"grad_norm": grad_norm} if opt.clip_grad_norm else {}),
+                       **({"grad_norm": float(grad_norm)} if opt.clip_grad_norm else {}),
                        "samples_per_s": global_batch * (n_micro / opt.grad_accum) / (now - t_last)}
                 metrics.add(row)
                 progress.update(step, row)
@@ -260,12 +277,14 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
             else:
                 progress.update(step, None)
             at_end = step >= total_steps
+            t_aside = time.perf_counter()
             if val_set is not None and (at_end or (val_every and step % val_every == 0)):
                 stopped = validate(step)
             if at_end or stopped or (cfg.checkpointing.every and step % cfg.checkpointing.every == 0):
                 last_ckpt = save_checkpoint(step)
             if at_end or stopped:
                 break
+            t_last += time.perf_counter() - t_aside  # samples/s counts training time only
         else:  # the epoch ran out
             state["epoch"] += 1
             state["micro_in_epoch"] = 0
@@ -368,34 +387,44 @@ def _dry_run(model, objectives, collate, records, seed: int) -> list[str]:
 
 
 @torch.no_grad()
-def _evaluate(model, objectives, records, collate, accelerator, cfg: RunConfig, frozen) -> dict:
+def _evaluate(model, objectives, records, collate, accelerator, cfg: RunConfig, frozen, equal_shards: bool) -> dict:
     """Validation values averaged over the records (every process takes a shard).
 
-    Runs the unwrapped model (no DDP collectives in the forward, so shards may differ in size)
-    with a fixed seed for masking/negatives, outside the training RNG streams.
+    With a fixed seed for masking / negatives, outside the training RNG streams. `model` is the
+    unwrapped model under DDP (no collectives in its forward, so shards may differ in size); a
+    sharded model (FSDP, DeepSpeed) needs every process in every forward: `equal_shards` pads
+    the shards with records that count zero.
     """
     idx = _data.shard(len(records), accelerator.num_processes, accelerator.process_index, cfg.data.max_val_samples)
+    weight = [1.0] * len(idx)
+    if equal_shards:
+        longest = -(-min(len(records), cfg.data.max_val_samples or len(records)) // accelerator.num_processes)
+        weight += [0.0] * (longest - len(idx))
+        idx += [0] * (longest - len(idx))
     bs = cfg.validation.batch_size or cfg.optim.batch_size
     sums: dict[str, float] = defaultdict(float)
-    count = 0
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         for i in range(0, len(idx), bs):
-            batch = _to(collate([records[j] for j in idx[i:i + bs]]), accelerator.device)
+            batch = collate([records[j] for j in idx[i:i + bs]])
+            if batch is None:  # every record of the slice was unreadable (and dropped)
+                continue
+            batch = _to(batch, accelerator.device)
             with accelerator.autocast():
                 _, logs = _losses(objectives, model, batch)
-            n = len(idx[i:i + bs])
+            n = sum(weight[i:i + bs])
             for k, v in logs.items():
                 sums[k] += float(v) * n
-            count += n
+            sums[" count"] += n
     model.train()
     for m in frozen:
         m.eval()
     keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=accelerator.device)
+    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
-    return {f"val/{k}": float(totals[i] / max(1.0, float(totals[-1]))) for i, k in enumerate(keys)}
+    count = max(1.0, float(totals[keys.index(" count")]))
+    return {f"val/{k}": float(totals[i]) / count for i, k in enumerate(keys) if k != " count"}
 
 
 def _mean_over_processes(values: dict, accelerator) -> dict:
@@ -405,6 +434,19 @@ def _mean_over_processes(values: dict, accelerator) -> dict:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
     t = accelerator.reduce(t, reduction="mean")
     return {k: float(t[i]) for i, k in enumerate(keys)}
+
+
+def _plain_model(setup, accelerator, model):
+    """The full model gathered from FSDP / DeepSpeed shards, on the main process (else None).
+    Every process must call this: gathering is a collective."""
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    from polymodal.models import build_model
+
+    plain = build_model(setup.base.export_spec())
+    plain.load_state_dict(state)
+    return plain
 
 
 def _load_weights(model, setup, ckpt: Path) -> None:
