@@ -52,14 +52,6 @@ def infer_labels(task: str, records: Sequence[dict]) -> list[str]:
 
 
 def default_collator(task: str, processor, model, text_field: str | None = None) -> Callable[[list[dict]], dict]:
-    """The data module's collator for `task` (records -> batch with the keys of docs/training.md)."""
-    try:
-        from polymodal.data.collate import make_collator
-        from polymodal.data.vocab import Vocab
-    except ImportError as exc:
-        raise ConfigError(f"task {task!r}: no collator available (polymodal.data.collate is missing); "
-                          "pass collate_fn=... to train()") from exc
-def default_collator(task: str, processor, model, text_field: str | None = None) -> Callable[[list[dict]], dict]:
     """polymodal.data's collator for the run's task and model family; its batches carry the
     objectives' keys (docs/training.md)."""
     from polymodal.data.collate import make_collator
