@@ -126,17 +126,12 @@ def ask_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str
             batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
             as_json: bool = typer.Option(False, "--json")):
     """Answer a question about an image: {"image", "question", "answer"}."""
-    from polymodal.infer._inputs import read_requests
+    from polymodal.infer._inputs import request_items
 
-    if requests:
-        try:
-            items = read_requests(requests, ("image", "question"))
-        except PolymodalError as exc:
-            _fail(exc)
-    elif image is not None and question is not None:
-        items = [{"image": image, "question": question}]
-    else:
-        _fail(ValueError("give --image and --question, or --requests FILE.jsonl"))
+    try:
+        items = request_items(requests, image, question, "question")
+    except PolymodalError as exc:
+        _fail(exc)
     m = _load(model, device)
     rows = _run_items(items, "image", lambda ims, its: [{"answer": a} for a in m.answer(
         ims, [it["question"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)
@@ -191,17 +186,12 @@ def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Option
                   batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
                   as_json: bool = typer.Option(False, "--json")):
     """Translate a sentence with its image: {"image", "text", "translation"}."""
-    from polymodal.infer._inputs import read_requests
+    from polymodal.infer._inputs import request_items
 
-    if requests:
-        try:
-            items = read_requests(requests, ("image", "text"))
-        except PolymodalError as exc:
-            _fail(exc)
-    elif image is not None and text is not None:
-        items = [{"image": image, "text": text}]
-    else:
-        _fail(ValueError("give --image and --text, or --requests FILE.jsonl"))
+    try:
+        items = request_items(requests, image, text, "text")
+    except PolymodalError as exc:
+        _fail(exc)
     m = _load(model, device)
     rows = _run_items(items, "image", lambda ims, its: [{"translation": t} for t in m.translate(
         ims, [it["text"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)

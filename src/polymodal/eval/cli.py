@@ -26,7 +26,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              batch_size: int = typer.Option(32, "--batch-size"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
-    from polymodal.eval.run import evaluate
+    from polymodal.eval.run import PREDICTION_KEYS, evaluate
 
     gen = {"num_beams": beams, "max_new_tokens": max_tokens} if task in ("captioning", "translation", "vqa") else {}
     if task == "vqa":
@@ -42,8 +42,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     preds = result.pop("predictions", None)
     if save_predictions and preds is not None:
         key = "question_id" if task == "vqa" else "id"
-        value = {"captioning": "caption", "vqa": "answer", "classification": "label",
-                 "translation": "translation", "grounding": "box"}[task]
+        value = PREDICTION_KEYS[task]
         with open(save_predictions, "w") as f:
             for k, v in preds.items():
                 f.write(json.dumps({key: k, value: v}, ensure_ascii=False) + "\n")

@@ -16,7 +16,6 @@ Prediction files (`--predictions PRED.jsonl`), one JSON object per line, keyed l
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -24,11 +23,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from polymodal._jsonl import iter_jsonl
 from polymodal.errors import DataError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("captioning", "vqa", "retrieval", "classification", "translation", "grounding")
+#: the value key of a prediction line, per task (the id key is `question_id` for vqa, else `id`)
+PREDICTION_KEYS = {"captioning": "caption", "vqa": "answer", "classification": "label",
+                   "translation": "translation", "grounding": "box"}
 
 
 def _records(data, task: str, split: str | None, limit: int | None) -> list[dict]:
@@ -179,22 +182,11 @@ def shuffled(task: str, predictions: dict, seed: int = 0) -> dict:
 
 def read_predictions(path: str | Path, task: str) -> dict:
     """A predictions JSONL (see the module docs) as {key: value}."""
-    value_key = {"captioning": "caption", "vqa": "answer", "classification": "label",
-                 "translation": "translation", "grounding": "box"}.get(task)
+    value_key = PREDICTION_KEYS.get(task)
     if value_key is None:
         raise DataError(f"task {task!r} cannot be scored from a predictions file; run it with --model")
     out = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read predictions ({exc})") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{n}: not JSON ({exc})") from exc
+    for n, row in iter_jsonl(path, "predictions"):
         key = row.get("question_id", row.get("id", row.get("image")))
         if key is None or value_key not in row:
             raise DataError(f"{path}:{n}: a {task} prediction needs an id "

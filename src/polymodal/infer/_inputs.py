@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import glob
-import json
 from pathlib import Path
 
+from polymodal._jsonl import iter_jsonl
 from polymodal.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -27,19 +27,18 @@ def expand_images(args: list[str]) -> list[str]:
 def read_requests(path: str, required: tuple[str, ...]) -> list[dict]:
     """A JSONL file of requests, e.g. {"image": ..., "question": ...} per line."""
     rows = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the requests file ({exc})") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{n}: not a JSON object ({exc})") from exc
+    for n, row in iter_jsonl(path, "requests"):
         missing = [k for k in required if k not in row]
-        if not isinstance(row, dict) or missing:
+        if missing:
             raise DataError(f"{path}:{n}: each line needs the keys {', '.join(required)}; missing {', '.join(missing)}")
         rows.append(row)
     return rows
+
+
+def request_items(requests: str | None, image: str | None, text: str | None, key: str) -> list[dict]:
+    """The items of a one-image command: a JSONL of requests, or one --image with its text."""
+    if requests:
+        return read_requests(requests, ("image", key))
+    if image is not None and text is not None:
+        return [{"image": image, key: text}]
+    raise DataError(f"give --image and --{key}, or --requests FILE.jsonl")
