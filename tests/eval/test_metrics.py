@@ -299,6 +299,8 @@ EXAMPLES = {
     "translation": ({"target_lang": "de"}, dict(predictions=["ein Hund"], references=[["ein Hund"]])),
     "grounding": ({"iou_threshold": 0.7}, dict(predictions=[[0, 0, 1, 1]], references=[[0, 0, 1, 1]])),
     "chair": ({"object_vocab": OBJECTS}, dict(captions=["a cube"], objects=[["cube"]])),
+    "shapes_chair": ({}, dict(captions={"a": "A small red circle and a blue square."},
+                              scenes={"a": {"objects": [{"shape": "circle", "color": "red", "size": "small"}]}})),
 }
 
 
