@@ -39,6 +39,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, processor=No
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary, shareable folder
     try:
         config = {"polymodal_version": __version__, "model": model.export_spec(),
                   "processor": processor.save(tmp) if processor is not None else None, **meta}
