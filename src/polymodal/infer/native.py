@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from polymodal.infer.loaded import LoadedModel
 from polymodal.models.families import DualEncoder, EncoderDecoder, FusionEncoder
@@ -74,11 +73,7 @@ class NativeModel(LoadedModel):
         out = []
         for chunk in _batches(list(images), self.batch_size):
             with self._autocast():
-                px = self._pixels(chunk)
-                if isinstance(self.model, DualEncoder):
-                    e = self.model.encode_image(px)
-                else:
-                    e = F.normalize(self.model.image_proj(self.model.vision(px).pooled), dim=-1)
+                e = self.model.encode_image(self._pixels(chunk))  # dual encoder, or fusion encoder's ITC
             out.append(e.float().cpu())
         return torch.cat(out).numpy()
 
@@ -90,11 +85,7 @@ class NativeModel(LoadedModel):
         out = []
         for chunk in _batches(list(texts), self.batch_size):
             with self._autocast():
-                tok = self._tokens(chunk)
-                if isinstance(self.model, DualEncoder):
-                    e = self.model.encode_text(**tok)
-                else:
-                    e = F.normalize(self.model.text_proj(self.model.text(**tok).pooled), dim=-1)
+                e = self.model.encode_text(**self._tokens(chunk))
             out.append(e.float().cpu())
         return torch.cat(out).numpy()
 

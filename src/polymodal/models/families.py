@@ -135,6 +135,14 @@ class FusionEncoder(_Towers):
     def fuse(self, image: Features, text: Features) -> Features:
         return self.fusion(image, text)
 
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC embeddings (B, E) of the images (needs `embed_dim`), as a dual encoder's."""
+        return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC embeddings (B, E) of the texts (needs `embed_dim`)."""
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask).pooled), dim=-1)
+
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
                 text_features: Features | None = None, return_mlm: bool = False) -> FusionEncoderOutput:
