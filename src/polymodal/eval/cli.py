@@ -28,9 +28,9 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
     from polymodal.eval.run import PREDICTION_KEYS, evaluate
 
-    gen = {"num_beams": beams, "max_new_tokens": max_tokens} if task in ("captioning", "translation", "vqa") else {}
-    if task == "vqa":
-        gen = {"max_new_tokens": 8, "num_beams": beams}
+    # Generation settings for the generating tasks; a generated VQA answer is a word or two.
+    gen = {"num_beams": beams, "max_new_tokens": 8 if task == "vqa" else max_tokens} \
+        if task in ("captioning", "translation", "vqa") else {}
     try:
         result = evaluate(task, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,
