@@ -252,14 +252,22 @@ class HFVisionEncoderDecoder(_Generator):
     tasks = ("caption",)
 
     def _generate(self, pixel_values, **gen):
-        # The exact call of the model card: model.generate(pixel_values, max_length=16, num_beams=4),
-        # with a beam-search cache that skips the no-op reordering of cross-attention K/V.
-        from polymodal.infer._generation import beam_cache, cache_kwarg
+        # The exact call of the model card, model.generate(pixel_values, max_length=16, num_beams=4),
+        # with the image encoded once and its cross-attention K/V shared by the beams of each image
+        # (polymodal/infer/_generation.py): same tokens, less work.
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from polymodal.infer._generation import applies, beam_search_cache
 
         beams = gen.get("num_beams") or self.model.generation_config.num_beams
-        cache = beam_cache(self.model.config.decoder, beams)
-        if cache is not None:
-            gen = {**gen, cache_kwarg(): cache}
+        if applies(self.model.decoder.config, beams):
+            encoder_states = self.model.encoder(pixel_values=pixel_values).last_hidden_state
+            memory = encoder_states
+            if hasattr(self.model, "enc_to_dec_proj"):
+                memory = self.model.enc_to_dec_proj(encoder_states)
+            with beam_search_cache(self.model.decoder, memory, beams) as extra:
+                return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
+                                           **extra, **gen)
         return self.model.generate(pixel_values, **gen)
 
 
