@@ -19,9 +19,12 @@ import subprocess
 import sys
 import time
 
-TASK_OF = {"clip-tiny": "retrieval", "clip-small": "retrieval", "captioner-tiny": "captioning",
-           "captioner-small": "captioning", "vit-gpt2-tiny": "captioning", "translator-tiny": "translation",
-           "vqa-tiny": "vqa", "pretrain-tiny": "pretrain", "classifier-tiny": "classification"}
+
+def task_of(recipe: str) -> str:
+    """The task a recipe is trained for (its YAML's `task`)."""
+    from polymodal.models.recipes import get_recipe
+
+    return get_recipe(recipe)["task"]
 
 
 def make_data(recipe: str, n: int, seed: int = 0):
@@ -43,12 +46,11 @@ def make_data(recipe: str, n: int, seed: int = 0):
 
 
 def run_polymodal(recipe: str, precision: str, steps: int, batch_size: int, skip: int) -> float:
-    import torch
     from torch.utils.data import default_collate
 
     from polymodal.train import train
 
-    cfg = {"task": TASK_OF[recipe], "model": {"recipe": recipe},
+    cfg = {"task": task_of(recipe), "model": {"recipe": recipe},
            "optim": {"lr": 1e-4, "max_steps": steps, "batch_size": batch_size, "warmup_steps": 5},
            "checkpointing": {"every": 0, "keep_last": 1},
            "logging": {"every": 1, "progress": False, "plot": False, "tensorboard": False},
@@ -74,7 +76,7 @@ def run_hf(recipe: str, precision: str, steps: int, batch_size: int, skip: int) 
     torch.manual_seed(0)
     model = polymodal.create_model(recipe)
     proc = Processor.from_spec(get_recipe(recipe)["processor"])
-    specs = default_objectives(TASK_OF[recipe], model.build_spec["type"], model)
+    specs = default_objectives(task_of(recipe), model.build_spec["type"], model)
     objs = [TASKS.build(s, "bench", **({"processor": proc} if s["type"] == "mlm" else {})) for s in specs]
 
     class WithLoss(torch.nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
@@ -227,21 +228,21 @@ def compare_fusions_cmd(data: str = typer.Option(..., "--data", "-d", help="shap
                         out: str = typer.Option("fusion-comparison", "--out", "-o"),
                         steps: int = typer.Option(600, "--steps"), batch_size: int = typer.Option(64, "--batch-size"),
                         seeds: str = typer.Option("0", "--seeds", help="comma-separated"),
-                        fusions: str = typer.Option(",".join(("concat", "attention", "cross_transformer", "projection",
-                                                               "gated", "bilinear")), "--fusions"),
+                        fusions: Optional[str] = typer.Option(None, "--fusions",
+                                                              help="comma-separated (default: all six modules)"),
                         dim: int = typer.Option(128, "--dim"),
                         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder"),
                         limit: Optional[int] = typer.Option(None, "--limit", help="evaluate on the first N questions")):
     """Train the same VQA model with each fusion module (same data, budget, seeds) and tabulate the results."""
-    from polymodal.eval.compare import compare_fusions
+    from polymodal.eval.compare import FUSIONS, compare_fusions
 
     try:
         compare_fusions(data, out, steps=steps, seeds=[int(s) for s in seeds.split(",")],
-                        fusions=[f.strip() for f in fusions.split(",")], dim=dim, batch_size=batch_size,
-                        tokenizer=tokenizer, eval_limit=limit)
+                        fusions=[f.strip() for f in fusions.split(",")] if fusions else FUSIONS, dim=dim,
+                        batch_size=batch_size, tokenizer=tokenizer, eval_limit=limit)
     except PolymodalError as exc:
         _fail(exc)
-    typer.echo((__import__("pathlib").Path(out) / "fusion_comparison.md").read_text())
+    typer.echo((Path(out) / "fusion_comparison.md").read_text())
 
 
 @app.command("demo")

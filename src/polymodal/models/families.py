@@ -47,6 +47,25 @@ class _Towers(Component):
         return self.text(input_ids, attention_mask)
 
 
+class _ContrastiveSpace:
+    """The shared image-text (ITC) space of the dual and fusion encoders: `image_proj` /
+    `text_proj` of the towers' pooled features, L2-normalised."""
+
+    def image_embeds(self, image: Features) -> torch.Tensor:
+        return F.normalize(self.image_proj(image.pooled), dim=-1)
+
+    def text_embeds(self, text: Features) -> torch.Tensor:
+        return F.normalize(self.text_proj(text.pooled), dim=-1)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC embeddings (B, E) of the images."""
+        return self.image_embeds(self.vision(pixel_values))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC embeddings (B, E) of the texts."""
+        return self.text_embeds(self.text(input_ids, attention_mask))
+
+
 # ---------------------------------------------------------------------------- dual encoder
 @dataclass
 class DualEncoderOutput:
@@ -56,7 +75,7 @@ class DualEncoderOutput:
 
 
 @MODELS.register("dual_encoder")
-class DualEncoder(_Towers):
+class DualEncoder(_ContrastiveSpace, _Towers):
     """Contrastive image and text towers (Radford et al., 2021, "CLIP").
 
     Args:
@@ -72,12 +91,6 @@ class DualEncoder(_Towers):
         self.text_proj = ProjectionHead(self.text.dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.embed_dim = embed_dim
-
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask).pooled), dim=-1)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> DualEncoderOutput:
@@ -102,7 +115,7 @@ class FusionEncoderOutput:
 
 
 @MODELS.register("fusion_encoder")
-class FusionEncoder(_Towers):
+class FusionEncoder(_ContrastiveSpace, _Towers):
     """Encoders -> fusion -> heads. The fusion module is swappable by config alone.
 
     Args:
@@ -135,14 +148,6 @@ class FusionEncoder(_Towers):
     def fuse(self, image: Features, text: Features) -> Features:
         return self.fusion(image, text)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised ITC embeddings (B, E) of the images (needs `embed_dim`), as a dual encoder's."""
-        return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Normalised ITC embeddings (B, E) of the texts (needs `embed_dim`)."""
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask).pooled), dim=-1)
-
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
                 text_features: Features | None = None, return_mlm: bool = False) -> FusionEncoderOutput:
@@ -151,8 +156,7 @@ class FusionEncoder(_Towers):
         fused = self.fusion(image, text)
         img_e = txt_e = scale = None
         if self.image_proj is not None:
-            img_e = F.normalize(self.image_proj(image.pooled), dim=-1)
-            txt_e = F.normalize(self.text_proj(text.pooled), dim=-1)
+            img_e, txt_e = self.image_embeds(image), self.text_embeds(text)
             scale = self.logit_scale.exp().clamp(max=100.0)
         return FusionEncoderOutput(
             fused=fused,
