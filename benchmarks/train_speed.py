@@ -70,14 +70,14 @@ def run_hf(recipe: str, precision: str, steps: int, batch_size: int, skip: int) 
     import polymodal
     from polymodal.processing import Processor
     from polymodal.models.recipes import get_recipe
-    from polymodal.registry import TASKS
-    from polymodal.train.objectives import default_objectives
+    from polymodal.registry import OBJECTIVES
+    from polymodal.tasks import get_task
 
     torch.manual_seed(0)
     model = polymodal.create_model(recipe)
     proc = Processor.from_spec(get_recipe(recipe)["processor"])
-    specs = default_objectives(task_of(recipe), model.build_spec["type"], model)
-    objs = [TASKS.build(s, "bench", **({"processor": proc} if s["type"] == "mlm" else {})) for s in specs]
+    specs = get_task(task_of(recipe)).default_objectives(model)
+    objs = [OBJECTIVES.build(s, "bench", **({"processor": proc} if s["type"] == "mlm" else {})) for s in specs]
 
     class WithLoss(torch.nn.Module):
         def __init__(self, inner):

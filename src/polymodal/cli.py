@@ -258,6 +258,41 @@ def demo_cmd(out: str = typer.Option("demo-out", "--out", help="output directory
         _fail(exc)
 
 
+def task_command(task) -> Callable:
+    """`polymodal <task.command> --model SRC IMAGE…` -> {"image", <task.prediction_key>} per image,
+    for a task that brings its loaded-model method through `Task.run` (polymodal.tasks). The
+    built-in tasks have the hand-written commands above."""
+
+    def command(images: list[str] = typer.Argument(..., help="image files, folders or globs"),
+                model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
+                batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                as_json: bool = typer.Option(False, "--json")):
+        from polymodal.infer._inputs import expand_images
+
+        m = _load(model, device)
+        key = task.prediction_key or task.method
+        items = [{"image": p} for p in expand_images(images)]
+        rows = _run_items(items, "image", lambda ims, _: [{key: v} for v in getattr(m, task.method)(ims)], batch_size)
+        _finish(rows, as_json, ["image", key])
+
+    command.__doc__ = (task.__doc__ or f"Run task {task.name}.").strip().splitlines()[0]
+    return command
+
+
+def _mount_task(task) -> None:
+    """Give a registered task its command: its own (`Task.cli()`), else `task_command` when it
+    runs through `Task.run`; built-in tasks' commands are the ones above."""
+    from polymodal.tasks import Task
+
+    command = task.cli() or (task_command(task) if task.command and type(task).run is not Task.run else None)
+    if command is None:
+        return
+    taken = {c.name for c in app.registered_commands}
+    if task.command in taken:
+        raise ValueError(f"task {task.name!r}: the command {task.command!r} exists already; choose another")
+    app.command(task.command)(command)
+
+
 def _mount_subapps() -> None:
     """Areas keep their commands in their own module (`polymodal data …`, `polymodal eval`)."""
     from polymodal.eval.cli import eval_cmd
@@ -276,6 +311,15 @@ def _mount_subapps() -> None:
 
 
 _mount_subapps()
+
+
+def _mount_tasks() -> None:
+    from polymodal.tasks import on_register
+
+    on_register(_mount_task)  # tasks registered later (a plugin, a test) get their command too
+
+
+_mount_tasks()
 
 
 def main() -> None:

@@ -126,14 +126,31 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+class _TaskRegistry(Registry):
+    """The task registry holds Task objects (`polymodal.tasks.register_task`), never classes:
+    a training objective registered here by mistake (the registry of objectives was once
+    called TASKS) is an error that says where it belongs."""
+
+    def register(self, name: str | None = None) -> Callable:
+        deco = super().register(name)
+
+        def check(obj):
+            if isinstance(obj, type):
+                raise ValueError(f"{obj.__name__}: TASKS holds Task objects (@polymodal.tasks.register_task); "
+                                 "training objectives register in polymodal.registry.OBJECTIVES")
+            return deco(obj)
+
+        return check
+
+
 # The registries of the package. Modules register into these at import.
 MODELS = Registry("model")          # whole-model families (dual_encoder, fusion_encoder, ...)
 VISION = Registry("vision encoder")
 TEXT = Registry("text encoder")
 DECODERS = Registry("decoder")
 FUSIONS = Registry("fusion")
-HEADS = Registry("head")
 RECIPES = Registry("recipe")        # named model configurations: name -> function returning a spec
 DATASETS = Registry("dataset format")
-TASKS = Registry("task")
+TASKS = _TaskRegistry("task")       # Task objects (polymodal.tasks), one per task
+OBJECTIVES = Registry("objective")  # training losses (polymodal.train.objectives)
 METRICS = Registry("metric")

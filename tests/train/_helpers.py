@@ -1,17 +1,10 @@
 """Helpers of the trainer tests (importable by name; conftest.py modules are not, as several exist)."""
 import copy
 
-import pytest
-
 from polymodal.models.recipes import get_recipe
 from polymodal.processing import Processor
-from polymodal.registry import FUSIONS
 
 import polymodal.models  # noqa: F401  (registers the parts)
-
-#: Recipes with a fusion module build only once polymodal.models.fusion exists.
-needs_fusion = pytest.mark.skipif("cross_transformer" not in FUSIONS,
-                                  reason="fusion modules (polymodal.models.fusion) not merged yet")
 
 IMAGE = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 

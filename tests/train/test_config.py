@@ -5,10 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _helpers import needs_fusion, processor_for, run_config
+from _helpers import processor_for, run_config
 from _synthetic import collator, records
 from polymodal.errors import ConfigError, DataError
-from polymodal.registry import FUSIONS
 from polymodal.train import load_run_config, train
 from polymodal.train.config import parse_override
 
@@ -61,22 +60,18 @@ def test_set_overrides_are_typed_like_yaml(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_example_configs_follow_the_schema(path):
     """configs/shapes/*.yaml parse strictly, and their objectives fit their models."""
-    from polymodal.models.recipes import get_recipe
-    from polymodal.train import trainer
-    from polymodal.train._model import build_for_training
-    from polymodal.train.objectives import default_objectives
+    from polymodal.tasks import get_task
+    from polymodal.train.setup import build_for_training
+    from polymodal.train.trainer import build_objectives
 
     cfg = load_run_config(path)
-    spec = get_recipe(cfg.model.recipe)["model"]
-    if "fusion" in spec and spec["fusion"]["type"] not in FUSIONS:
-        pytest.skip("fusion modules not merged yet")
     if "small" in cfg.model.recipe:
         pytest.skip("pretrained towers: checked in the slow tests")
     cfg.model.init_from = None  # the pretraining run it points at does not exist here
     cfg.model.processor.pop("tokenizer", None)  # data/tokenizer is fitted by the user; the recipe's stands in
     setup = build_for_training(cfg.model, str(path))
-    objs = cfg.objectives or default_objectives(cfg.task, spec["type"], setup.base)
-    trainer._build_objectives(objs, setup.processor, setup.base, str(path))
+    objs = cfg.objectives or get_task(cfg.task).default_objectives(setup.base)
+    build_objectives(objs, setup.processor, setup.base, str(path))
 
 
 def _go(tmp_path, recipe="clip-tiny", task="retrieval", recs=None, **kw):
@@ -104,7 +99,7 @@ def test_errors_come_before_any_work(tmp_path):
     # an objective the model cannot serve, an unknown objective, an unknown task
     with pytest.raises(ConfigError, match="objective lm needs an encoder_decoder"):
         _go(tmp_path, objectives=[{"type": "lm"}])
-    with pytest.raises(ConfigError, match="unknown task 'itx'.*itc"):
+    with pytest.raises(ConfigError, match="unknown objective 'itx'.*itc"):
         _go(tmp_path, objectives=[{"type": "itx"}])
     with pytest.raises(ConfigError, match="task 'segmentation' unknown"):
         _go(tmp_path, task="segmentation")
@@ -131,7 +126,6 @@ def test_unknown_recipe_names_the_file(tmp_path):
         train(path)
 
 
-@needs_fusion
 def test_itm_needs_an_itm_head(tmp_path):
     with pytest.raises(ConfigError, match="objective itm needs a fusion_encoder built with itm: true"):
         _go(tmp_path, "vqa-tiny", "vqa", recs=records("vqa", 32), objectives=["itm"])

@@ -95,10 +95,6 @@ def test_validation_best_checkpoint_and_early_stopping(tmp_path):
 @pytest.mark.slow
 def test_lora_on_the_packaged_pretrained_towers(tmp_path):
     """configs/shapes/vqa-lora.yaml's set-up: EfficientNet-Lite0 frozen, LoRA in MiniLM."""
-    from polymodal.registry import FUSIONS, VISION
-
-    if "efficientnet_lite0" not in VISION or "cross_transformer" not in FUSIONS:
-        pytest.skip("EfficientNet-Lite0 / fusion modules not merged yet")
     lora = {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "train_also": ["fusion", "classifier"]}
     res = train(run_config("vqa-small", "vqa", tmp_path / "run", steps=3, batch_size=4,
                            model={"freeze": ["vision"], "lora": lora,

@@ -7,7 +7,6 @@ import torch
 
 import polymodal
 from _synthetic import COLOURS, NAMES, VQA_ANSWERS, records
-from _helpers import needs_fusion
 
 HELD_OUT = 60
 
@@ -67,7 +66,6 @@ def test_lm_generative_vqa(tiny_run, tmp_path):
     assert acc > _chance([r["target"] for r in test]) + 0.2, (acc, answers[:8])
 
 
-@needs_fusion
 def test_vqa_classification(tiny_run, tmp_path):
     res = tiny_run("vqa-tiny", "vqa", tmp_path, steps=100, batch_size=32, model={"overrides": {"labels": VQA_ANSWERS}})
     _falls(_curve(res, "vqa_classification/loss"), 0.6)
@@ -77,7 +75,6 @@ def test_vqa_classification(tiny_run, tmp_path):
     assert acc > _chance([r["target"] for r in test]) + 0.2, (acc, answers[:8])
 
 
-@needs_fusion
 def test_multimodal_classification(tiny_run, tmp_path):
     """True / false statements about the image colour: needs the image and the text together."""
     res = tiny_run("classifier-tiny", "classification", tmp_path, steps=120, batch_size=32)
@@ -88,7 +85,6 @@ def test_multimodal_classification(tiny_run, tmp_path):
     assert acc > max(0.65, _chance([r["label"] for r in test]) + 0.1), acc
 
 
-@needs_fusion
 def test_pretraining_itc_itm_mlm(tiny_run, tmp_path):
     """The three ALBEF objectives together: each one's loss falls."""
     res = tiny_run("pretrain-tiny", "pretrain", tmp_path, steps=90, ids_by_colour=True)

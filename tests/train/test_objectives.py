@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import polymodal
-from _helpers import needs_fusion, processor_for
+from _helpers import processor_for
 from _synthetic import collator, records
 from polymodal.train.objectives import ITC, LM, MLM, VQAClassification, hard_negatives
 
@@ -91,7 +91,6 @@ def test_lm_predicts_the_next_token_and_ignores_padding():
     assert LM()(model, pad)[0].item() == pytest.approx(loss.item(), rel=1e-5)
 
 
-@needs_fusion
 def test_vqa_soft_scores_use_bce_and_report_the_vqa_score():
     torch.manual_seed(0)
     model = polymodal.create_model("vqa-tiny").eval()

@@ -4,7 +4,7 @@ import math
 import pytest
 
 import polymodal
-from polymodal.train._model import lr_factor, param_groups
+from polymodal.train.optim import lr_factor, param_groups
 
 
 def test_no_weight_decay_on_biases_norms_and_scalars():

@@ -5,15 +5,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-pytest.importorskip("polymodal.data.shapes", reason="polymodal.data (shapes world, collators) not merged yet")
+import typer
 
-import typer  # noqa: E402
-
-import polymodal  # noqa: E402
-from _helpers import needs_fusion, processor_for  # noqa: E402
-from polymodal.train import train  # noqa: E402
-from polymodal.train._data import default_collator  # noqa: E402
-from polymodal.train.cli import train_command  # noqa: E402
+import polymodal
+from _helpers import processor_for
+from polymodal.tasks import get_task
+from polymodal.train import train
+from polymodal.train.cli import train_command
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +37,13 @@ def test_contract_keys_from_the_data_collators(shapes):
 
     data, answers = shapes
     model = polymodal.create_model("captioner-tiny")
-    collate = default_collator("captioning", processor_for("captioner-tiny"), model)
+    collate = get_task("captioning").collator(processor_for("captioner-tiny"), model)
     ds = build_dataset(f"shapes:{data}:captions", "train")
     batch = collate([ds[0], ds[1]])
     assert batch["decoder_input_ids"][:, 0].tolist() == [101, 101]  # [CLS] = BOS
     assert ((batch["decoder_input_ids"] == 102).sum(1) == 1).all()  # one [SEP] = EOS each
     assert "labels" not in batch and batch["decoder_attention_mask"].dtype == torch.long
-    pair = default_collator("retrieval", processor_for("clip-tiny"), polymodal.create_model("clip-tiny"))
+    pair = get_task("retrieval").collator(processor_for("clip-tiny"), polymodal.create_model("clip-tiny"))
     b = pair([ds[0], ds[0], ds[1]])
     assert b["image_ids"].dtype == torch.long and b["image_ids"][0] == b["image_ids"][1] != b["image_ids"][2]
 
@@ -58,7 +56,6 @@ def test_train_captioner_from_a_dataset_spec(shapes, tmp_path):
     assert len(polymodal.load(res.last_checkpoint).caption([str(next((data / "images").rglob("*.png")))])) == 1
 
 
-@needs_fusion
 def test_train_vqa_classifier_with_soft_scores(shapes, tmp_path):
     data, answers = shapes
     res = train(_cfg("vqa-tiny", "vqa", f"{data}:vqa", tmp_path / "run", overrides={"labels": answers}))

@@ -72,7 +72,7 @@ def validate(
     spec: str = typer.Argument(..., help="dataset spec, e.g. jsonl:data/train.jsonl or a YAML file"),
     split: Optional[str] = typer.Option(None, "--split"),
     task: Optional[str] = typer.Option(None, "--task", help="also require this task's fields "
-                                       "(pretrain, caption, vqa, classify, translate, ground)"),
+                                       "(pretrain, captioning, vqa, classification, translation, grounding)"),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="decode every image (else only check files exist)"),
     max_errors: int = typer.Option(10, "--max-errors", help="offending records to list"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON line"),

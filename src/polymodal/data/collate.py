@@ -56,6 +56,8 @@ class Collator:
     """Base: drops None items, stacks images, keeps ids. Subclasses add the task's tensors."""
 
     task = ""
+    #: the constructor argument that takes a model's class / answer names as a Vocab (None: none)
+    vocab_arg: str | None = None
 
     def __init__(self, processor, max_length: int | None = None):
         self.processor, self.max_length = processor, max_length
@@ -150,6 +152,7 @@ class VqaCollator(Collator):
     """
 
     task = "vqa"
+    vocab_arg = "answers"
 
     def __init__(self, processor, answers: Vocab, max_length: int | None = None, normalize: bool = True):
         super().__init__(processor, max_length)
@@ -204,6 +207,7 @@ class ClassifyCollator(Collator):
     """
 
     task = "classify"
+    vocab_arg = "labels"
 
     def __init__(self, processor, labels: Vocab, max_length: int | None = None):
         super().__init__(processor, max_length)
@@ -260,7 +264,7 @@ class GroundingCollator(Collator):
         return {**self._tokens([x["ref"] for x in items]), "boxes": boxes, "image_sizes": sizes.long()}
 
 
-#: task name -> collator class
+#: collator name -> collator class (a task names the one it uses per model family: polymodal.tasks)
 COLLATORS: dict[str, type[Collator]] = {
     "pretrain": PairCollator,
     "retrieval": PairCollator,
@@ -273,26 +277,23 @@ COLLATORS: dict[str, type[Collator]] = {
 }
 
 
-#: the trainer's / evaluator's task names for the same collators
-ALIASES = {"captioning": "caption", "classification": "classify", "translation": "translate",
-           "grounding": "ground"}
-
-
-def make_collator(task: str, processor, labels: Sequence[str] | None = None, **kwargs) -> Collator:
-    """The collator of `task` (a key of COLLATORS or ALIASES), built with the processor and its options.
+def make_collator(task: str | type[Collator], processor, labels: Sequence[str] | None = None, **kwargs) -> Collator:
+    """The collator named `task` (a key of COLLATORS, or a Collator class of one's own), built
+    with the processor and its options.
 
     Args:
-        labels: the model's class / answer names, in its output order (vqa and classify: they
-            become the collator's vocabulary, so target indices match the classifier's rows).
+        labels: the model's class / answer names, in its output order (for collators with a
+            `vocab_arg`: they become its vocabulary, so target indices match the classifier's rows).
     """
-    task = ALIASES.get(task, task)
-    if task not in COLLATORS:
-        raise DataError(f"no collator for task {task!r}; one of {', '.join([*COLLATORS, *ALIASES])}")
-    if labels is not None and task == "vqa":
-        kwargs.setdefault("answers", labels if isinstance(labels, Vocab) else Vocab(labels))
-    elif labels is not None and task == "classify":
-        kwargs.setdefault("labels", labels if isinstance(labels, Vocab) else Vocab(labels))
-    return COLLATORS[task](processor, **kwargs)
+    if isinstance(task, type) and issubclass(task, Collator):
+        cls = task
+    elif task in COLLATORS:
+        cls = COLLATORS[task]
+    else:
+        raise DataError(f"no collator for task {task!r}; one of {', '.join(COLLATORS)}")
+    if labels is not None and cls.vocab_arg:
+        kwargs.setdefault(cls.vocab_arg, labels if isinstance(labels, Vocab) else Vocab(labels))
+    return cls(processor, **kwargs)
 
 
 def answer_vocab(records, max_size: int | None = 3129, min_count: int = 1) -> Vocab:

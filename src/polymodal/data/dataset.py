@@ -204,16 +204,17 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rnd: random.Random) -> Iter
     yield from buf
 
 
-def build_dataset(spec, split: str | None = None, task: str | None = None, **kwargs) -> RecordDataset | StreamDataset:
+def build_dataset(spec, split: str | None = None, shapes_file: str | None = None, **kwargs) -> RecordDataset | StreamDataset:
     """Open a dataset spec as a torch dataset: map-style, or streamed for WebDataset shards.
 
     Args:
         spec: a dataset spec (see polymodal.data.formats).
         split: which split.
-        task: the task the records are for (a shapes-world directory then reads its file).
+        shapes_file: the shapes-world record file to read when the spec is a shapes directory
+            that names none (a task's `shapes_file`: captions, vqa, classify, ground, translate).
         kwargs: passed to RecordDataset / StreamDataset (decode, seed, on_error, shuffle_buffer, ...).
     """
-    reader = open_dataset(spec, split, task=task)
+    reader = open_dataset(spec, split, shapes_file=shapes_file)
     if reader.streaming:
         kwargs.pop("on_error", None)
         return StreamDataset(reader, **kwargs)

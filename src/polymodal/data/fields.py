@@ -2,7 +2,7 @@
 
 Every reader turns its format into plain dicts with these keys (docs/data.md describes them);
 training, evaluation and the data tools read nothing else. A spec's `fields:` mapping renames
-a user's keys to these.
+a user's keys to these. Which of them a task needs is the task's (`polymodal.tasks`, `Task.fields`).
 """
 from __future__ import annotations
 
@@ -34,18 +34,6 @@ FIELDS: dict[str, str] = {
 #: Text fields that must be non-empty strings when present.
 TEXT_FIELDS = ("caption", "question", "text", "source", "target", "ref", "answer")
 
-#: Fields a record needs for each task (a tuple inside means "one of these").
-TASK_FIELDS: dict[str, tuple] = {
-    "pretrain": ("image", ("caption", "captions")),
-    "retrieval": ("image", ("caption", "captions")),
-    "caption": ("image", ("caption", "captions")),
-    "vqa": ("image", "question", "answers"),
-    "classify": ("image", "label"),
-    "translate": ("source", "target"),
-    "ground": ("image", "ref", "box"),
-}
-
-
 def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived fields so every reader's records look alike (in place, returns rec).
 
@@ -64,13 +52,3 @@ def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
         if key in rec and isinstance(rec[key], int) and not isinstance(rec[key], bool):
             rec[key] = str(rec[key])
     return rec
-
-
-def missing_fields(rec: dict[str, Any], task: str) -> list[str]:
-    """The fields of `task` (see TASK_FIELDS) that `rec` lacks, as readable names."""
-    out = []
-    for need in TASK_FIELDS[task]:
-        names = need if isinstance(need, tuple) else (need,)
-        if not any(rec.get(n) not in (None, "", []) for n in names):
-            out.append(" or ".join(names))
-    return out

@@ -376,7 +376,7 @@ class ShapesReader(JsonlReader):
     """
 
     def __init__(self, path: str, split: str | None = None, task: str = "captions"):
-        from polymodal.data.shapes import TASK_FILES
+        from polymodal.data.shapes import RECORD_FILES
 
         root = Path(path)
         meta_file = root / "meta.json"
@@ -384,8 +384,8 @@ class ShapesReader(JsonlReader):
             raise DataError(f"{root}: no meta.json; not a shapes-world directory "
                             "(make one with `polymodal data generate shapes --out DIR`)")
         self.meta = _read_json(meta_file)
-        if task not in TASK_FILES:
-            raise ConfigError(f"shapes task {task!r}: one of {', '.join(TASK_FILES)}")
+        if task not in RECORD_FILES:
+            raise ConfigError(f"shapes task {task!r}: one of {', '.join(RECORD_FILES)}")
         split = split or "train"
         if split not in self.meta.get("splits", {}):
             raise DataError(f"{root}: no split {split!r}; it has {', '.join(self.meta.get('splits', {}))}")
@@ -624,14 +624,8 @@ def guess_format(path: str) -> str:
                       f"{', '.join(DATASETS.names())}")
 
 
-#: which shapes-world record file serves each training / evaluation task
-SHAPES_TASK = {"pretrain": "captions", "captioning": "captions", "caption": "captions", "retrieval": "captions",
-               "vqa": "vqa", "vqa_generate": "vqa", "classification": "classify", "classify": "classify",
-               "translation": "translate", "translate": "translate", "grounding": "ground", "ground": "ground"}
-
-
 def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where: str = "dataset spec",
-                 task: str | None = None) -> Reader:
+                 shapes_file: str | None = None) -> Reader:
     """Open a dataset spec and return its reader: an iterable of plain records.
 
     Map-style readers (every format but wds) also have len() and [i].
@@ -640,12 +634,12 @@ def open_dataset(spec: str | os.PathLike | dict, split: str | None = None, where
         spec: see the module docstring.
         split: which split, when the spec does not name one (naming a different one is an error).
         where: where the spec came from, for error messages (e.g. "train.yaml: data.train").
-        task: the task the records are for; a shapes-world spec that names no record file
-            (`shapes:DIR`, or just the directory) then reads the task's file (SHAPES_TASK).
+        shapes_file: the record file a shapes-world spec that names none (`shapes:DIR`, or just
+            the directory) reads: a task's `shapes_file` (polymodal.tasks), e.g. "vqa".
     """
     d = parse_spec(spec)
-    if task is not None and d.get("format") == "shapes" and "task" not in d and task in SHAPES_TASK:
-        d["task"] = SHAPES_TASK[task]
+    if shapes_file is not None and d.get("format") == "shapes" and "task" not in d:
+        d["task"] = shapes_file
     fmt = d.pop("format", None)
     if not fmt:
         raise ConfigError(f"{where}: missing 'format'; one of {', '.join(DATASETS.names())}")

@@ -693,7 +693,9 @@ def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dic
     }
 
 
-TASK_FILES = ("captions", "vqa", "classify", "ground", "translate")
+#: The record files the world writes, `{name}_{split}.jsonl`; a task names the one it reads
+#: (`Task.shapes_file`).
+RECORD_FILES = ("captions", "vqa", "classify", "ground", "translate")
 
 
 def _work(args) -> list[tuple[int, dict[str, list[dict]]]]:
@@ -768,7 +770,7 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
             results = pool.map(_work, jobs)
     else:
         results = [_work(j) for j in jobs]
-    per_split: dict[str, dict[str, list[dict]]] = {name: {t: [] for t in TASK_FILES} for name in counts}
+    per_split: dict[str, dict[str, list[dict]]] = {name: {t: [] for t in RECORD_FILES} for name in counts}
     for chunk_out in results:
         for index, recs in chunk_out:
             split = _split_of(bounds, index)
@@ -792,7 +794,7 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
         "counts": {split: {t: len(rs) for t, rs in tasks.items()} for split, tasks in per_split.items()},
         "files": {
             "images": "images/{id:06d}.png",
-            "jsonl": "{task}_{split}.jsonl for task in " + ", ".join(TASK_FILES),
+            "jsonl": "{task}_{split}.jsonl for task in " + ", ".join(RECORD_FILES),
             "coco": "coco_captions_{split}.json", "karpathy": "dataset_shapes.json",
             "vqa": "vqa_{split}_questions.json, vqa_{split}_annotations.json",
             "folder": "classes/{split}/{shape}/ (single-object scenes, labelled by shape)",

@@ -13,7 +13,8 @@ from polymodal.errors import PolymodalError
 
 def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or a shapes-world directory"),
              task: str = typer.Option(..., "--task", "-t",
-                                      help="captioning | vqa | retrieval | classification | translation | grounding"),
+                                      help="a registered task: captioning | vqa | retrieval | classification | "
+                                           "translation | grounding | ..."),
              model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint dir, HF dir or recipe"),
              predictions: Optional[str] = typer.Option(None, "--predictions", help="score a predictions JSONL instead"),
              split: Optional[str] = typer.Option(None, "--split", "-s"),
@@ -26,13 +27,14 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              batch_size: int = typer.Option(32, "--batch-size"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
-    from polymodal.eval.run import PREDICTION_KEYS, evaluate
+    from polymodal.eval.run import evaluate, write_predictions
+    from polymodal.tasks import get_task
 
-    # Generation settings for the generating tasks; a generated VQA answer is a word or two.
-    gen = {"num_beams": beams, "max_new_tokens": 8 if task == "vqa" else max_tokens} \
-        if task in ("captioning", "translation", "vqa") else {}
     try:
-        result = evaluate(task, data, model=model, predictions=predictions, split=split, limit=limit,
+        spec = get_task(task)
+        # Generation settings for the tasks whose model writes text (the task may fix the length).
+        gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
+        result = evaluate(spec, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,
                           keep_predictions=bool(save_predictions), **(gen if model else {}))
     except (PolymodalError, ValueError) as exc:
@@ -41,11 +43,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     result["model"] = model or predictions
     preds = result.pop("predictions", None)
     if save_predictions and preds is not None:
-        key = "question_id" if task == "vqa" else "id"
-        value = PREDICTION_KEYS[task]
-        with open(save_predictions, "w") as f:
-            for k, v in preds.items():
-                f.write(json.dumps({key: k, value: v}, ensure_ascii=False) + "\n")
+        write_predictions(save_predictions, spec, preds)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(finite(result), indent=2, ensure_ascii=False))

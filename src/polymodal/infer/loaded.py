@@ -24,6 +24,20 @@ class LoadedModel:
     #: the task method names this object supports, e.g. ("caption",)
     tasks: tuple[str, ...] = ()
 
+    def __getattr__(self, name: str):
+        # The method of a task registered outside this class (`Task.run`, polymodal.tasks):
+        # `loaded.<method>(images, ...)` runs it when the model offers it.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from polymodal.tasks import task_of_method
+
+        task = task_of_method(name)
+        if task is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        if name not in self.tasks:
+            return lambda *args, **kwargs: self._unsupported(f"{name} ({task.name})")
+        return lambda *args, **kwargs: task.run(self, *args, **kwargs)
+
     def _unsupported(self, task: str):
         can = ", ".join(self.tasks) or "nothing"
         raise UnsupportedTaskError(f"this checkpoint is a {self.kind}; it cannot {task}. It supports: {can}")

@@ -9,12 +9,8 @@ import numpy as np
 import torch
 
 from polymodal.infer.loaded import LoadedModel
-from polymodal.models.families import DualEncoder, EncoderDecoder, FusionEncoder
-
-_KIND = {"captioning": "captioner", "vqa": "visual question answerer", "translation": "translator",
-         "retrieval": "image-text embedder", "classification": "multimodal classifier",
-         "pretrain": "pretrained image-text model"}
-
+from polymodal.models.families import FusionEncoder
+from polymodal.tasks import get_task, offered_methods
 
 def _batches(items: Sequence, size: int):
     for i in range(0, len(items), size):
@@ -22,7 +18,8 @@ def _batches(items: Sequence, size: int):
 
 
 class NativeModel(LoadedModel):
-    """A polymodal model + processor with the task methods its family and task support.
+    """A polymodal model + processor with the task methods its model offers (`polymodal.tasks`:
+    each task says which models run it and what a checkpoint trained for it is).
 
     Args:
         model, processor, config: as returned by `load_checkpoint` (config holds `task`).
@@ -35,23 +32,8 @@ class NativeModel(LoadedModel):
         self.model, self.processor, self.config = model.to(device).eval(), processor, config
         self.device, self.batch_size, self.bf16 = torch.device(device), batch_size, bf16
         self.task = config.get("task") or "pretrain"
-        self.kind = _KIND.get(self.task, "model")
-        self.tasks = self._supported()
-
-    def _supported(self) -> tuple[str, ...]:
-        m = self.model
-        if isinstance(m, DualEncoder) or (isinstance(m, FusionEncoder) and m.image_proj is not None):
-            tasks = ["embed_images", "embed_texts", "classify", "retrieve"]
-        else:
-            tasks = []
-        if isinstance(m, FusionEncoder) and m.classifier is not None:
-            tasks += ["answer"] if self.task == "vqa" else ["classify"]
-        if isinstance(m, EncoderDecoder):
-            if m.text is None:
-                tasks.append("caption")
-            else:
-                tasks.append("answer" if self.task == "vqa" else "translate")
-        return tuple(dict.fromkeys(tasks))
+        self.kind = _kind(self.task)
+        self.tasks = offered_methods(self.model, self.task)
 
     def _autocast(self):
         if self.bf16:
@@ -167,6 +149,16 @@ class NativeModel(LoadedModel):
             raise ValueError(f"got {len(images)} images but {len(texts)} sentences; give one sentence per image")
         _check_texts(texts, "sentence")
         return self._generate(list(images), list(texts), **generation)
+
+
+def _kind(task: str) -> str:
+    """What a checkpoint trained for `task` is, in words ("captioner")."""
+    from polymodal.errors import ConfigError
+
+    try:
+        return get_task(task).kind
+    except ConfigError:  # a checkpoint of a task registered elsewhere
+        return "model"
 
 
 def _check_texts(texts: Sequence[str], what: str) -> None:

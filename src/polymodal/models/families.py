@@ -6,7 +6,8 @@
 * `encoder_decoder`  — vision (+ text) encoder -> memory tokens -> GPT-2 decoder with
                        cross-attention -> `generate` (captioning, generative VQA, translation).
 
-Models compute; tasks own the losses (polymodal.train.objectives).
+Models compute; tasks own the losses (polymodal.train.objectives). Each family lists the tasks
+it serves (`tasks`); a task says how to build its batches and losses per family (polymodal.tasks).
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ class DualEncoder(_ContrastiveSpace, _Towers):
         init_temperature: initial softmax temperature (CLIP: 0.07); learned as log(1/T).
     """
 
+    #: the built-in tasks (polymodal.tasks) this family serves
+    tasks = ("pretrain", "retrieval", "classification")
+
     def __init__(self, vision: dict, text: dict, embed_dim: int = 256, init_temperature: float = 0.07):
         super().__init__()
         self._build_towers(vision, text)
@@ -126,6 +130,9 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         embed_dim: size of the ITC space of the unimodal features (0: no ITC projections).
         classifier_hidden: hidden width of the classifier MLP (default 2 x fusion dim).
     """
+
+    #: the built-in tasks (polymodal.tasks) this family serves
+    tasks = ("pretrain", "retrieval", "classification", "vqa")
 
     def __init__(self, vision: dict, text: dict, fusion: dict, labels: list | None = None, itm: bool = False,
                  mlm_vocab_size: int = 0, embed_dim: int = 0, classifier_hidden: int | None = None,
@@ -185,6 +192,9 @@ class EncoderDecoder(_Towers):
     Args:
         vision, decoder: part specs; text: optional text tower spec.
     """
+
+    #: the built-in tasks (polymodal.tasks) this family serves
+    tasks = ("pretrain", "captioning", "vqa", "translation")
 
     def __init__(self, vision: dict, decoder: dict, text: dict | None = None):
         super().__init__()

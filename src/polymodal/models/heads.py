@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polymodal.registry import HEADS
 
-
-@HEADS.register("classifier")
 class ClassifierHead(nn.Module):
     """MLP classifier on a pooled vector: Linear -> GELU -> LayerNorm -> Linear. (B, D) -> (B, C)."""
 
@@ -22,7 +19,6 @@ class ClassifierHead(nn.Module):
         return self.net(x)
 
 
-@HEADS.register("projection")
 class ProjectionHead(nn.Module):
     """Linear projection into the shared contrastive space. (B, D) -> (B, E), not normalised."""
 
@@ -34,7 +30,6 @@ class ProjectionHead(nn.Module):
         return self.proj(x)
 
 
-@HEADS.register("mlm")
 class MLMHead(nn.Module):
     """Masked-token prediction on fused text tokens: (B, T, D) -> (B, T, V)."""
 

@@ -24,9 +24,6 @@ import yaml
 from polymodal.errors import ConfigError
 from polymodal.registry import type_ok
 
-#: The tasks the trainer knows, and the objectives each uses when the config lists none.
-TASKS_KNOWN = ("pretrain", "captioning", "vqa", "retrieval", "classification", "translation")
-
 
 @dataclass
 class LoraConfig:
@@ -175,10 +172,11 @@ class RunConfig:
     """One training run.
 
     Args:
-        task: pretrain | captioning | vqa | retrieval | classification | translation
-            (default: the recipe's task).
+        task: a registered task (`polymodal.tasks`): pretrain | captioning | vqa | retrieval |
+            classification | translation | ... (default: the recipe's task).
         objectives: losses with weights, e.g. `[{type: itc, weight: 1.0}, {type: itm}]`
-            (registered in `polymodal.registry.TASKS`); default: the task's usual ones.
+            (registered in `polymodal.registry.OBJECTIVES`); default: the task's own
+            (`Task.default_objectives`).
         precision: "bf16" (autocast), "fp16" (autocast + loss scaling, GPU only), "no" (fp32),
             or "auto" (bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp32 otherwise).
         output_dir: the run directory (checkpoints, logs, resolved config).

@@ -1,4 +1,4 @@
-"""Training objectives: `loss(model, batch) -> (loss, logs)`, registered in `TASKS`.
+"""Training objectives: `loss(model, batch) -> (loss, logs)`, registered in `OBJECTIVES`.
 
 The model holds weights only; each objective reads the batch keys it names in `requires`
 (see docs/training.md for the table) and calls the model's `forward`. Objectives of one step
@@ -6,7 +6,8 @@ share the plain forward pass through `_forward()`, so ITC + ITM + MLM run the to
 as in ALBEF (Li et al., 2021).
 
 Pretraining: `itc`, `itm`, `mlm`, `lm`. Fine-tuning: `lm` (captioning, generative VQA,
-translation), `vqa_classification`, `classification`, `itc` (retrieval).
+translation), `vqa_classification`, `classification`, `itc` (retrieval). Which of them a
+task trains with by default is the task's decision (`polymodal.tasks`, `Task.objectives`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.errors import ConfigError
-from polymodal.registry import TASKS
+from polymodal.registry import OBJECTIVES
 
 
 class Objective:
@@ -81,7 +82,7 @@ def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
 
 
-@TASKS.register("itc")
+@OBJECTIVES.register("itc")
 class ITC(Objective):
     """Image-text contrastive loss: symmetric InfoNCE with a learned temperature (CLIP, ALBEF).
 
@@ -118,7 +119,7 @@ class ITC(Objective):
 
 
 # -------------------------------------------------------------------------------------- ITM
-@TASKS.register("itm")
+@OBJECTIVES.register("itm")
 class ITM(Objective):
     """Image-text matching with hard negatives (ALBEF): for each image one negative caption, for
     each caption one negative image, sampled in proportion to the softmax of the ITC
@@ -188,7 +189,7 @@ def _take(f, idx: torch.Tensor):
 
 
 # -------------------------------------------------------------------------------------- MLM
-@TASKS.register("mlm")
+@OBJECTIVES.register("mlm")
 class MLM(Objective):
     """Masked language modelling conditioned on the image (BERT masking, fused text tokens).
 
@@ -242,7 +243,7 @@ class MLM(Objective):
 
 
 # --------------------------------------------------------------------------------------- LM
-@TASKS.register("lm")
+@OBJECTIVES.register("lm")
 class LM(Objective):
     """Next-token cross-entropy of the decoder (captioning, generative VQA, translation).
 
@@ -275,7 +276,7 @@ class LM(Objective):
 
 
 # ----------------------------------------------------------------- classification / VQA answers
-@TASKS.register("classification")
+@OBJECTIVES.register("classification")
 class Classification(Objective):
     """Cross-entropy of the fusion classifier over `labels` (multimodal classification).
 
@@ -299,7 +300,7 @@ class Classification(Objective):
         return loss, {"loss": loss.detach(), "acc": _accuracy(logits, batch["labels"])}
 
 
-@TASKS.register("vqa_classification")
+@OBJECTIVES.register("vqa_classification")
 class VQAClassification(Objective):
     """VQA as classification over the answer vocabulary.
 
@@ -325,35 +326,3 @@ class VQAClassification(Objective):
         else:
             loss = F.cross_entropy(logits, batch["labels"])
         return loss, {"loss": loss.detach(), **logs}
-
-
-# ------------------------------------------------------------------------- defaults per task
-def default_objectives(task: str, family: str, model=None) -> list[dict]:
-    """The objectives a task trains with when the config lists none.
-
-    Args:
-        task: the run's task. family: the model family (`dual_encoder`, ...).
-        model: the built model, to see which pretraining heads it has.
-    """
-    if task == "pretrain":
-        if family == "encoder_decoder":
-            return [{"type": "lm"}]
-        if family == "dual_encoder":
-            return [{"type": "itc"}]
-        objs = []
-        if getattr(model, "image_proj", None) is not None:
-            objs.append({"type": "itc"})
-        if getattr(model, "itm_head", None) is not None:
-            objs.append({"type": "itm"})
-        if getattr(model, "mlm_head", None) is not None:
-            objs.append({"type": "mlm"})
-        return objs or [{"type": "classification"}]
-    if task in ("captioning", "translation"):
-        return [{"type": "lm"}]
-    if task == "vqa":
-        return [{"type": "lm"}] if family == "encoder_decoder" else [{"type": "vqa_classification"}]
-    if task == "retrieval":
-        return [{"type": "itc"}]
-    if task == "classification":
-        return [{"type": "classification"}]
-    raise ValueError(f"unknown task {task!r}")

@@ -20,10 +20,14 @@ from typing import Callable, Sequence
 import torch
 
 from polymodal.errors import ConfigError
-from polymodal.registry import TASKS
-from polymodal.train import _data, _model, _run
-from polymodal.train.config import TASKS_KNOWN, RunConfig, load_run_config
-from polymodal.train.objectives import default_objectives
+from polymodal.registry import OBJECTIVES
+from polymodal.tasks import Task, get_task
+from polymodal.train import _data, _run
+from polymodal.train.freezing import frozen_modules, merged_for_saving
+from polymodal.train.optim import adamw, lr_factor, param_groups
+from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
+from polymodal.train.setup import build_for_training, check_tokenizer, config_family, recipe_task
+from polymodal.train.config import RunConfig, load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +70,41 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         raise ConfigError(f"{source}: data.train is missing; give a dataset spec")
     run = _run.RunDir(cfg.output_dir)
     run.check_free(resume)
-    precision = _model.resolve_precision(cfg.precision)  # "measure": bf16 or fp32, decided below
+    precision = resolve_precision(cfg.precision)  # "measure": bf16 or fp32, decided below
     # The processes (one, or those torchrun / accelerate launch started) and their process group.
     # cpu=True on machines without an accelerator: that is what makes a multi-process launch a
     # gloo group on CPU rather than N lone runs.
-    procs = PartialState(cpu=not _model.has_accelerator())
+    procs = PartialState(cpu=not has_accelerator())
     world, rank = procs.num_processes, procs.process_index
 
     # ---- everything that can be wrong is found before the first step -------------------------
     set_seed(cfg.seed)  # identical initialisation on every process
-    task = cfg.task or _model.recipe_task(cfg.model, source)
+    name = cfg.task or recipe_task(cfg.model, source)
+    task = _task(name, source) if name else None
     train_set = train_records if train_records is not None else _data.open_records(
-        cfg.data.train, cfg.data.train_split, f"{source}: data.train", cfg.seed, train=True, task=task)
-    if (train_records is None and task in ("vqa", "classification") and "labels" not in cfg.model.overrides
-            and _model.family(cfg.model) == "fusion_encoder"):
-        # The classifier's rows are the training data's answers / labels, unless the config names them.
-        cfg.model.overrides["labels"] = _data.infer_labels(task, train_set)
-    setup = _model.build_for_training(cfg.model, source)
+        cfg.data.train, cfg.data.train_split, f"{source}: data.train", cfg.seed, train=True,
+        shapes_file=task and task.shapes_file)
+    if train_records is None and task is not None and "labels" not in cfg.model.overrides:
+        # A classifier's rows are the training data's answers / labels, unless the config names them.
+        labels = task.labels(_data.plain_records(train_set), config_family(cfg.model))
+        if labels is not None:
+            cfg.model.overrides["labels"] = labels
+    setup = build_for_training(cfg.model, source)
     model, processor = setup.model, setup.processor
     cfg.task = cfg.task or setup.task
-    if cfg.task not in TASKS_KNOWN:
-        raise ConfigError(f"{source}: task {cfg.task!r} unknown; one of: {', '.join(TASKS_KNOWN)}")
-    _model.check_tokenizer(setup.base, processor, source)
-    cfg.objectives = cfg.objectives or default_objectives(cfg.task, setup.base.build_spec["type"], setup.base)
-    objectives = _build_objectives(cfg.objectives, processor, setup.base, source)
+    task = _task(cfg.task, source)
+    if not task.trains(setup.base):
+        raise ConfigError(f"{source}: task {cfg.task!r} does not train a {setup.family} model (the family "
+                          f"serves {', '.join(getattr(setup.base, 'tasks', ())) or 'no task'})")
+    check_tokenizer(setup.base, processor, source)
+    cfg.objectives = cfg.objectives or task.default_objectives(setup.base)
+    objectives = build_objectives(cfg.objectives, processor, setup.base, source)
     requires = {k for _, _, obj in objectives for k in obj.requires}
 
     val_set = val_records if val_records is not None else (_data.open_records(
-        cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.seed, train=False, task=cfg.task)
-        if cfg.data.val else None)
-    collate = collate_fn or _data.default_collator(cfg.task, processor, setup.base, cfg.data.text_field)
+        cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.seed, train=False,
+        shapes_file=task.shapes_file) if cfg.data.val else None)
+    collate = collate_fn or task.collator(processor, setup.base, cfg.data.text_field)
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
     if val_set is not None:
         _data.check_batch(collate, val_set, requires, f"{source}: data.val")
@@ -142,12 +151,12 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     accelerator.wait_for_everyone()
 
     # ---- optimizer, schedule, Accelerate -------------------------------------------------------
-    optimizer = _model.adamw(_model.param_groups(model, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas),
+    optimizer = adamw(param_groups(model, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas),
                              eps=opt.eps)
     # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step
     # it once per process, which changes the schedule with the process count).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        _model.lr_factor, warmup=opt.warmup_steps, total=total_steps, schedule=opt.schedule,
+        lr_factor, warmup=opt.warmup_steps, total=total_steps, schedule=opt.schedule,
         min_ratio=opt.min_lr_ratio))
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "samples": 0, "best_value": None, "best_step": None,
              "bad_validations": 0, "world_size": world}
@@ -172,7 +181,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
                         "and masking draws differ", world, state["world_size"])
         state["world_size"] = world
         log.info("resuming %s at step %d", resume_from, state["step"])
-    frozen = _model.frozen_modules(setup.base)
+    frozen = frozen_modules(setup.base)
     device = accelerator.device
     unwrapped = accelerator.unwrap_model(model)
     metrics = _run.MetricsLog(run.path, state["step"] if resume_from else None, cfg.logging.tensorboard,
@@ -192,7 +201,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         if setup.lora:  # resume needs the adapter-wrapped weights, not the merged ones
             extra["lora_state.pt"] = {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()}
         path = run.save(step, accelerator,
-                        lambda d: write(d, plain or _model.merged_for_saving(setup, unwrapped), processor, **meta),
+                        lambda d: write(d, plain or merged_for_saving(setup, unwrapped), processor, **meta),
                         extra, dict(state), cfg.checkpointing.keep_last,
                         write_all=(lambda d: accelerator.save_state(str(d / "accelerate"))) if sharded else None)
         metrics.flush(cfg.logging.plot)
@@ -213,7 +222,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
             if accelerator.is_main_process:
                 from polymodal.checkpoint import save_checkpoint as write
 
-                write(run.path / "best", plain or _model.merged_for_saving(setup, unwrapped), processor, task=cfg.task,
+                write(run.path / "best", plain or merged_for_saving(setup, unwrapped), processor, task=cfg.task,
                       recipe=setup.recipe, training={"step": step, "best_metric": best_key, "value": value})
         else:
             state["bad_validations"] += 1
@@ -317,12 +326,23 @@ def _accelerator(precision: str, grad_accum: int):
         # Accelerate keeps its state per process; a single-process one may be started afresh.
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum,
-                       cpu=not _model.has_accelerator())
+                       cpu=not has_accelerator())
 
 
-def _build_objectives(specs: list, processor, model, source: str) -> list[tuple[str, float, object]]:
+def _task(name: str, source: str) -> Task:
+    try:
+        return get_task(name)
+    except ConfigError:
+        from polymodal.tasks import task_names
+
+        raise ConfigError(f"{source}: task {name!r} unknown; one of: {', '.join(task_names())}") from None
+
+
+def build_objectives(specs: list, processor, model, source: str) -> list[tuple[str, float, object]]:
     """[(log name, weight, objective)] from `[{type, weight, ...kwargs}]`; checks each against the model."""
     import inspect
+
+    import polymodal.train.objectives  # noqa: F401  (registers the built-in objectives)
 
     out, seen = [], defaultdict(int)
     for i, spec in enumerate(specs):
@@ -335,9 +355,9 @@ def _build_objectives(specs: list, processor, model, source: str) -> list[tuple[
         weight = spec.pop("weight", 1.0)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise ConfigError(f"{where}.weight: expected a number, got {weight!r}")
-        ctor = TASKS.get(spec["type"]) if spec.get("type") in TASKS else None
+        ctor = OBJECTIVES.get(spec["type"]) if spec.get("type") in OBJECTIVES else None
         injected = {"processor": processor} if ctor and "processor" in inspect.signature(ctor).parameters else {}
-        obj = TASKS.build(spec, where, **injected)
+        obj = OBJECTIVES.build(spec, where, **injected)
         obj.check(model)
         seen[spec["type"]] += 1
         name = spec["type"] if seen[spec["type"]] == 1 else f"{spec['type']}{seen[spec['type']]}"
@@ -368,7 +388,7 @@ def _measure_precision(model, objectives, batch: dict) -> str:
         loss, _ = _losses(objectives, model, dict(batch))
         loss.backward()
 
-    choice = _model.measure_bf16(step)
+    choice = measure_bf16(step)
     model.zero_grad(set_to_none=True)
     model.train(was)
     return choice
