@@ -234,7 +234,7 @@ def compare_fusions_cmd(data: str = typer.Option(..., "--data", "-d", help="shap
                         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder"),
                         limit: Optional[int] = typer.Option(None, "--limit", help="evaluate on the first N questions")):
     """Train the same VQA model with each fusion module (same data, budget, seeds) and tabulate the results."""
-    from polymodal.eval.compare import FUSIONS, compare_fusions
+    from polymodal.compare import FUSIONS, compare_fusions
 
     try:
         compare_fusions(data, out, steps=steps, seeds=[int(s) for s in seeds.split(",")],

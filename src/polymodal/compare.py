@@ -4,6 +4,7 @@ same data, budget and seeds, then evaluated on the test and compositional splits
     polymodal compare-fusions --data data/shapes --steps 600 --seeds 0 --out docs/fusion
 
 writes `fusion_comparison.json` (every number) and `fusion_comparison.md` (the table) to --out.
+It trains and evaluates, so it sits on the top floor beside demo.py (eval does not import train).
 Columns: VQA accuracy overall and per question type (test split), compositional-split accuracy,
 parameters (whole model and fusion module), training samples/s and inference latency (ms per
 question, batch 1, median of repeated runs).
@@ -70,11 +71,12 @@ def compare_fusions(data: str, out: str | Path, steps: int = 600, seeds: Sequenc
     import polymodal
     from polymodal.data import open_dataset
     from polymodal.eval.run import evaluate
+    from polymodal.tasks import get_task
     from polymodal.train import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    test_q = list(open_dataset(data, "test", task="vqa"))[:20]
+    test_q = list(open_dataset(data, "test", shapes_file=get_task("vqa").shapes_file))[:20]
     rows = []
     for fusion in fusions:
         per_seed = []
