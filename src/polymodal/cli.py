@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import typer
 
 from polymodal.errors import PolymodalError
+from polymodal.infer.loaded import ZERO_SHOT_TEMPLATE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="polymodal: multimodal (vision + language) Transformer models, offline and fast on CPU.")
@@ -109,7 +110,7 @@ def caption_cmd(images: list[str] = typer.Argument(..., help="image files, folde
                 batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
                 as_json: bool = typer.Option(False, "--json")):
     """Caption images: one {"image", "caption"} per image."""
-    from polymodal.infer._inputs import expand_images
+    from polymodal.infer.inputs import expand_images
 
     m = _load(model, device)
     gen = dict(num_beams=beams, max_new_tokens=max_tokens, do_sample=temperature is not None,
@@ -127,7 +128,7 @@ def ask_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str
             batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
             as_json: bool = typer.Option(False, "--json")):
     """Answer a question about an image: {"image", "question", "answer"}."""
-    from polymodal.infer._inputs import request_items
+    from polymodal.infer.inputs import request_items
 
     try:
         items = request_items(requests, image, question, "question")
@@ -142,11 +143,11 @@ def ask_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str
 @app.command("classify")
 def classify_cmd(images: list[str] = typer.Argument(...), model: str = typer.Option(..., "--model", "-m"),
                  labels: str = typer.Option(..., "--labels", help="comma-separated class names"),
-                 template: str = typer.Option("a photo of {}.", "--template"),
+                 template: str = typer.Option(ZERO_SHOT_TEMPLATE, "--template"),
                  batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
                  as_json: bool = typer.Option(False, "--json")):
     """Zero-shot classify images over --labels: {"image", "label", "scores"}."""
-    from polymodal.infer._inputs import expand_images
+    from polymodal.infer.inputs import expand_images
 
     names = [x.strip() for x in labels.split(",") if x.strip()]
     if not names:
@@ -163,7 +164,7 @@ def embed_cmd(inputs: list[str] = typer.Argument(..., help="images (files/folder
               batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
               as_json: bool = typer.Option(True, "--json/--table")):
     """Embed images or texts: {"image"|"text", "embedding"} (L2-normalised)."""
-    from polymodal.infer._inputs import expand_images
+    from polymodal.infer.inputs import expand_images
 
     m = _load(model, device)
     if text:
@@ -187,7 +188,7 @@ def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Option
                   batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
                   as_json: bool = typer.Option(False, "--json")):
     """Translate a sentence with its image: {"image", "text", "translation"}."""
-    from polymodal.infer._inputs import request_items
+    from polymodal.infer.inputs import request_items
 
     try:
         items = request_items(requests, image, text, "text")
@@ -267,7 +268,7 @@ def task_command(task) -> Callable:
                 model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
                 batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
                 as_json: bool = typer.Option(False, "--json")):
-        from polymodal.infer._inputs import expand_images
+        from polymodal.infer.inputs import expand_images
 
         m = _load(model, device)
         key = task.prediction_key or task.method

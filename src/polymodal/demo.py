@@ -26,7 +26,7 @@ from typing import Callable
 
 import yaml
 
-from polymodal._report import write_report
+from polymodal.report import write_report
 
 log = logging.getLogger(__name__)
 

@@ -375,7 +375,7 @@ def test_unknown_architecture_lists_the_supported_ones(tmp_path, ved_dir):
     lambda: transformers.SiglipImageProcessor(),
 ], ids=["vit", "clip", "clip-crop-pads", "blip", "siglip"])
 def test_tensor_image_processor_is_bit_identical(make):
-    from polymodal.infer._fast_images import TensorImageProcessor
+    from polymodal.infer.hf_images import TensorImageProcessor
 
     proc = make()
     rng = np.random.RandomState(1)
@@ -387,7 +387,7 @@ def test_tensor_image_processor_is_bit_identical(make):
 
 
 def test_tensor_image_processor_declines_what_it_does_not_implement():
-    from polymodal.infer._fast_images import TensorImageProcessor
+    from polymodal.infer.hf_images import TensorImageProcessor
 
     assert TensorImageProcessor.from_hf(transformers.ViTImageProcessor(do_pad=True)) is None
 

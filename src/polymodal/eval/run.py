@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polymodal._jsonl import iter_jsonl
+from polymodal.jsonl import iter_jsonl
 from polymodal.errors import DataError
 from polymodal.tasks import Task, get_task
 

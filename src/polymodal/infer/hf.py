@@ -28,20 +28,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from polymodal.data.images import load_image
 from polymodal.errors import CheckpointError, ConfigError, DataError
-from polymodal.infer.loaded import LoadedModel
+from polymodal.infer.inputs import IMAGE_SUFFIXES, as_image_list, batches, read_image
+from polymodal.infer.loaded import HF_BATCH_SIZE, ZERO_SHOT_TEMPLATE, GenerationOptions, LoadedModel
 
 log = logging.getLogger(__name__)
 
 #: Images per forward pass unless a call or `load_hf(batch_size=...)` says otherwise.
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = HF_BATCH_SIZE
 
 
 def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -55,7 +54,7 @@ def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZ
         bf16: run forward passes under bfloat16 autocast (faster on CPUs with bf16 units and on
             GPUs; results then differ slightly from float32).
         fast_preprocess: replace the checkpoint's image processor by a batched tensor version
-            with the same resize filter and arithmetic (`_fast_images`); used only where it
+            with the same resize filter and arithmetic (`polymodal.infer.hf_images`); used only where it
             understands every setting of the processor.
     """
     import torch
@@ -78,7 +77,7 @@ def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZ
     log.info("loaded %s from %s as %s on %s", arch, path, wrapper.__name__, device)
     fast = None
     if fast_preprocess:
-        from polymodal.infer._fast_images import TensorImageProcessor
+        from polymodal.infer.hf_images import TensorImageProcessor
 
         fast = TensorImageProcessor.from_hf(image_processor)
     return wrapper(model=model, image_processor=image_processor, tokenizer=tokenizer, path=path,
@@ -117,7 +116,7 @@ class HFModel(LoadedModel):
             images: paths, bytes, PIL images or arrays.
             offset: position of images[0] in the caller's list, for error messages.
         """
-        return self._process([_read(img, offset + i) for i, img in enumerate(_as_list(images))])
+        return self._process([read_image(img, offset + i) for i, img in enumerate(as_image_list(images))])
 
     def _process(self, pils: list):
         if self.fast_images is not None:
@@ -125,11 +124,7 @@ class HFModel(LoadedModel):
         return self.image_processor(images=pils, return_tensors="pt")["pixel_values"].to(self.device)
 
     def _batches(self, n: int, batch_size: int | None) -> Iterator[slice]:
-        bs = self.batch_size if batch_size is None else batch_size
-        if not isinstance(bs, int) or bs < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
-        for start in range(0, n, bs):
-            yield slice(start, min(n, start + bs))
+        return batches(n, self.batch_size if batch_size is None else batch_size)
 
     @contextlib.contextmanager
     def _inference(self):
@@ -144,27 +139,6 @@ class HFModel(LoadedModel):
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def _read(img, index: int):
-    """load_image, with the item's position added to the message and kept in `err.index`."""
-    try:
-        return load_image(img)
-    except DataError as exc:
-        err = DataError(f"image #{index}: {exc}")
-        err.index = index
-        raise err from exc
-
-
-def _as_list(images) -> list:
-    """Accept one image as well as a list; a 4-D array (N, H, W, C) is a list of N images."""
-    from PIL import Image
-
-    if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
-    return list(images)
-
-
 def _texts(texts, what: str = "texts") -> list[str]:
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -175,36 +149,6 @@ def _texts(texts, what: str = "texts") -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Generation
-
-
-def _generation_kwargs(max_length=None, max_new_tokens=None, num_beams=None, do_sample=None,
-                       temperature=None, top_p=None) -> dict:
-    """Only the options the caller set; the rest come from the checkpoint's generation config."""
-    for name, value in (("max_length", max_length), ("max_new_tokens", max_new_tokens),
-                        ("num_beams", num_beams)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if temperature is not None and not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
-    kw = dict(max_length=max_length, max_new_tokens=max_new_tokens, num_beams=num_beams,
-              do_sample=do_sample, temperature=temperature, top_p=top_p)
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    """Seed sampling without disturbing the caller's global RNG state."""
-    import torch
-
-    if seed is None:
-        yield
-        return
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 class _Generator(HFModel):
@@ -227,16 +171,16 @@ class _Generator(HFModel):
             seed: seeds sampling (once per call) without touching the global RNG.
             batch_size: images per `generate` call; default: the one given to `load`.
         """
-        gen = _generation_kwargs(max_length, max_new_tokens, num_beams, do_sample, temperature, top_p)
-        return self._caption(_as_list(images), gen, seed, batch_size)
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, max_length=max_length, num_beams=num_beams,
+                                do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        return self._caption(as_image_list(images), gen, batch_size)
 
-    def _caption(self, images: list, gen: dict, seed: int | None, batch_size: int | None,
-                 **extra) -> list[str]:
+    def _caption(self, images: list, gen: GenerationOptions, batch_size: int | None, **extra) -> list[str]:
         out: list[str] = []
-        with _seeded(seed), self._inference():
+        with gen.seeded(), self._inference():
             for sl in self._batches(len(images), batch_size):
                 pixel_values = self.pixel_values(images[sl], offset=sl.start)  # (B, 3, H, W)
-                out += self._decode(self._generate(pixel_values, **extra, **gen))
+                out += self._decode(self._generate(pixel_values, **extra, **gen.generate_kwargs()))
         return out
 
 
@@ -254,10 +198,10 @@ class HFVisionEncoderDecoder(_Generator):
     def _generate(self, pixel_values, **gen):
         # The exact call of the model card, model.generate(pixel_values, max_length=16, num_beams=4),
         # with the image encoded once and its cross-attention K/V shared by the beams of each image
-        # (polymodal/infer/_generation.py): same tokens, less work.
+        # (polymodal/models/generation.py): same tokens, less work.
         from transformers.modeling_outputs import BaseModelOutput
 
-        from polymodal.infer._generation import applies, beam_search_cache
+        from polymodal.models.generation import applies, beam_search_cache
 
         beams = gen.get("num_beams") or self.model.generation_config.num_beams
         if applies(self.model.decoder.config, beams):
@@ -290,8 +234,9 @@ class HFBlipCaptioner(_Generator):
         """
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
             raise DataError(f"prompt must be a non-empty string, got {prompt!r}")
-        gen = _generation_kwargs(max_length, max_new_tokens, num_beams, do_sample, temperature, top_p)
-        return self._caption(_as_list(images), gen, seed, batch_size, prompt=prompt)
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, max_length=max_length, num_beams=num_beams,
+                                do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        return self._caption(as_image_list(images), gen, batch_size, prompt=prompt)
 
     def _generate(self, pixel_values, prompt: str | None = None, **gen):
         if prompt is None:
@@ -322,14 +267,15 @@ class HFBlipVQA(HFModel):
             questions: one string per image, or one string for all.
             max_length ... seed, batch_size: as for `caption`.
         """
-        images = _as_list(images)
+        images = as_image_list(images)
         questions = _texts(questions, "questions")
         if len(questions) == 1 and len(images) > 1:
             questions = questions * len(images)
         if len(questions) != len(images):
             raise DataError(f"got {len(images)} images and {len(questions)} questions; "
                             "give one question per image, or one for all")
-        gen = _generation_kwargs(max_length, max_new_tokens, num_beams, do_sample, temperature, top_p)
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, max_length=max_length, num_beams=num_beams,
+                                do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
         # BLIP's decoder attends to every question position, padding included, so a padded
         # batch would answer differently from the same question asked alone. Batch only
         # questions of equal token length: answers never depend on their neighbours.
@@ -338,16 +284,16 @@ class HFBlipVQA(HFModel):
         for i, row in enumerate(ids):
             groups.setdefault(len(row), []).append(i)
         answers: list[str] = [""] * len(images)
-        with _seeded(seed), self._inference():
+        with gen.seeded(), self._inference():
             for members in groups.values():
                 for sl in self._batches(len(members), batch_size):
                     idx = members[sl]
-                    pixel_values = self._process([_read(images[i], i) for i in idx])  # (B, 3, H, W)
+                    pixel_values = self._process([read_image(images[i], i) for i in idx])  # (B, 3, H, W)
                     enc = self.tokenizer([questions[i] for i in idx], return_tensors="pt")
                     tokens = self.model.generate(input_ids=enc["input_ids"].to(self.device),
                                                  pixel_values=pixel_values,
                                                  attention_mask=enc["attention_mask"].to(self.device),
-                                                 **gen)
+                                                 **gen.generate_kwargs())
                     for i, text in zip(idx, self._decode(tokens)):
                         answers[i] = text
         return answers
@@ -358,7 +304,6 @@ class HFBlipVQA(HFModel):
 
 
 _TEXT_INPUTS = ("input_ids", "attention_mask")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class HFClip(HFModel):
@@ -406,7 +351,7 @@ class HFClip(HFModel):
 
     def embed_images(self, images: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
         """L2-normalised image embeddings, float32 numpy (N, D)."""
-        return self._image_embeddings(_as_list(images), batch_size).cpu().numpy()
+        return self._image_embeddings(as_image_list(images), batch_size).cpu().numpy()
 
     def embed_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """L2-normalised text embeddings, float32 numpy (N, D)."""
@@ -414,7 +359,7 @@ class HFClip(HFModel):
 
     # -- tasks ------------------------------------------------------------------------------
     def classify(self, images: Sequence[Any], labels: Sequence[str],
-                 template: str = "a photo of a {}.", batch_size: int | None = None) -> list[dict]:
+                 template: str = ZERO_SHOT_TEMPLATE, batch_size: int | None = None) -> list[dict]:
         """Zero-shot classification: each label is put in `template` and compared to the image.
 
         Args:
@@ -435,7 +380,7 @@ class HFClip(HFModel):
         if not isinstance(template, str) or template.count("{}") != 1:
             raise ConfigError(f"template must contain '{{}}' once, where the label goes; got {template!r}")
         text = self._text_embeddings([template.format(lab) for lab in labels], batch_size)  # (L, D)
-        image = self._image_embeddings(_as_list(images), batch_size)  # (N, D)
+        image = self._image_embeddings(as_image_list(images), batch_size)  # (N, D)
         probs = self._probs(image.float() @ text.float().T).cpu()  # (N, L)
         out = []
         for row in probs.tolist():
@@ -458,9 +403,9 @@ class HFClip(HFModel):
         """
         if not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        images = _as_list(images)
+        images = as_image_list(images)
         if isinstance(query, str) and not Path(query).is_file():
-            if query.lower().endswith(_IMAGE_SUFFIXES):
+            if Path(query).suffix.lower() in IMAGE_SUFFIXES:
                 raise DataError(f"query {query!r}: no such image file; check the path "
                                 "(a text query must not look like an image file name)")
             q = self._text_embeddings([query], batch_size)

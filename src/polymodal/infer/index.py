@@ -19,7 +19,7 @@ import torch
 
 from polymodal.data.images import load_image
 from polymodal.errors import DataError, PolymodalError
-from polymodal.infer._inputs import IMAGE_SUFFIXES
+from polymodal.infer.inputs import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

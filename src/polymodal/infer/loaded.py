@@ -1,4 +1,5 @@
-"""`polymodal.load`: one object per model with the task methods its model supports.
+"""`polymodal.load`: one object per model with the task methods its model supports; the one
+inference protocol of native and Hugging Face models (their defaults, `GenerationOptions`).
 
 A `LoadedModel` carries its pre-processing. Task methods it does not support raise
 `UnsupportedTaskError` with a sentence a user understands. The CLI and the HTTP server are
@@ -6,14 +7,98 @@ thin layers over these objects, never a second implementation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from polymodal.errors import CheckpointError, UnsupportedTaskError
+from polymodal.errors import CheckpointError, ConfigError, UnsupportedTaskError
 
 log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------- defaults of every backend
+#: the zero-shot classification prompt (CLIP's): each label fills the {}
+ZERO_SHOT_TEMPLATE = "a photo of a {}."
+#: images per forward pass: polymodal's own models are small and batch wide; Hugging Face
+#: checkpoints are larger (a call's or load's `batch_size` wins)
+NATIVE_BATCH_SIZE = 32
+HF_BATCH_SIZE = 8
+#: generation settings of polymodal's own decoders when a call leaves them unset (Hugging Face
+#: checkpoints bring their own: their generation_config.json decides what a call leaves unset)
+NATIVE_GENERATION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How a model writes text, for every backend: `caption`, `answer`, `translate` take these.
+
+    Options left at None are not passed to `generate`, so the model's defaults decide them.
+    `seed` seeds sampling without touching the caller's global RNG state (`seeded()`).
+
+    Args:
+        max_new_tokens, max_length: the generation length (new tokens, or tokens in all).
+        num_beams: beam search width (1: greedy, or sampling).
+        do_sample, temperature, top_p: sampling.
+        seed: makes sampling repeatable.
+    """
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    num_beams: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("max_length", "max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    @classmethod
+    def of(cls, options: "GenerationOptions | dict | None" = None, **kwargs) -> "GenerationOptions":
+        """Options from an instance, a mapping or keywords; an unknown name is a ConfigError."""
+        merged = {**(asdict(options) if isinstance(options, GenerationOptions) else dict(options or {})), **kwargs}
+        unknown = set(merged) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown generation option(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**merged)
+
+    def generate_kwargs(self, defaults: dict | None = None) -> dict:
+        """Keyword arguments of `transformers` `generate`: the options set, then `defaults` for
+        the rest (a default length only when neither length is set); sampling knobs are dropped
+        when sampling is off (they would do nothing)."""
+        kw = {k: v for k, v in asdict(self).items() if v is not None and k != "seed"}
+        for key, value in (defaults or {}).items():
+            if key in ("max_new_tokens", "max_length") and ("max_new_tokens" in kw or "max_length" in kw):
+                continue
+            kw.setdefault(key, value)
+        if kw.get("do_sample") is False:
+            kw.pop("temperature", None)
+            kw.pop("top_p", None)
+        return kw
+
+    @contextlib.contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Run the block with torch's RNG seeded by `seed` (when set) on a forked RNG: the
+        caller's global random state is the same afterwards."""
+        import torch
+
+        if self.seed is None:
+            yield
+            return
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            yield
 
 
 class LoadedModel:
@@ -48,7 +133,8 @@ class LoadedModel:
     def answer(self, images: Sequence[Any], questions: Sequence[str], **generation) -> list[str]:
         self._unsupported("answer questions")
 
-    def classify(self, images: Sequence[Any], labels: Sequence[str], **kw) -> list[dict]:
+    def classify(self, images: Sequence[Any], labels: Sequence[str], template: str = ZERO_SHOT_TEMPLATE,
+                 **kw) -> list[dict]:
         self._unsupported("classify images")
 
     def embed_images(self, images: Sequence[Any]):

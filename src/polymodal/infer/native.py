@@ -8,14 +8,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.infer.loaded import LoadedModel
+from polymodal.infer.inputs import as_image_list, chunks
+from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
+                                    LoadedModel)
 from polymodal.models.families import FusionEncoder
 from polymodal.tasks import get_task, offered_methods
-
-def _batches(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
 
 class NativeModel(LoadedModel):
     """A polymodal model + processor with the task methods its model offers (`polymodal.tasks`:
@@ -27,7 +24,7 @@ class NativeModel(LoadedModel):
         bf16: run under bf16 autocast (CPU AMX / GPU); off by default so outputs match fp32.
     """
 
-    def __init__(self, model, processor, config: dict, device: str = "cpu", batch_size: int = 32,
+    def __init__(self, model, processor, config: dict, device: str = "cpu", batch_size: int = NATIVE_BATCH_SIZE,
                  bf16: bool = False):
         self.model, self.processor, self.config = model.to(device).eval(), processor, config
         self.device, self.batch_size, self.bf16 = torch.device(device), batch_size, bf16
@@ -53,7 +50,7 @@ class NativeModel(LoadedModel):
         if "embed_images" not in self.tasks:
             self._unsupported("embed images")
         out = []
-        for chunk in _batches(list(images), self.batch_size):
+        for chunk in chunks(as_image_list(images), self.batch_size):
             with self._autocast():
                 e = self.model.encode_image(self._pixels(chunk))  # dual encoder, or fusion encoder's ITC
             out.append(e.float().cpu())
@@ -65,7 +62,7 @@ class NativeModel(LoadedModel):
         if "embed_texts" not in self.tasks:
             self._unsupported("embed texts")
         out = []
-        for chunk in _batches(list(texts), self.batch_size):
+        for chunk in chunks(list(texts), self.batch_size):
             with self._autocast():
                 e = self.model.encode_text(**self._tokens(chunk))
             out.append(e.float().cpu())
@@ -82,14 +79,14 @@ class NativeModel(LoadedModel):
 
     @torch.no_grad()
     def classify(self, images: Sequence[Any], labels: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-                 template: str = "a photo of {}.") -> list[dict]:
+                 template: str = ZERO_SHOT_TEMPLATE) -> list[dict]:
         """Zero-shot over `labels` (embedders) or the model's own labels given `texts` (fusion classifier).
 
         Returns one {"label", "scores": {label: prob}} per image.
         """
         if "classify" not in self.tasks:
             self._unsupported("classify images")
-        m = self.model
+        images, m = as_image_list(images), self.model
         if isinstance(m, FusionEncoder) and m.classifier is not None and texts is not None:
             probs = self._fusion_probs(images, texts)
             names = m.labels
@@ -106,7 +103,7 @@ class NativeModel(LoadedModel):
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
         out = []
-        for idx in _batches(list(range(len(images))), self.batch_size):
+        for idx in chunks(range(len(images)), self.batch_size):
             with self._autocast():
                 o = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
             out.append(o.logits.float().softmax(-1).cpu())
@@ -115,40 +112,45 @@ class NativeModel(LoadedModel):
     # ----------------------------------------------------------------------------- generation
     @torch.no_grad()
     def _generate(self, images, texts=None, **generation) -> list[str]:
-        generation = _generation_args(**generation)
+        options = GenerationOptions.of(generation)
+        kwargs = options.generate_kwargs(NATIVE_GENERATION)
         out = []
-        for idx in _batches(list(range(len(images))), self.batch_size):
-            with self._autocast():
-                kw = self._tokens([texts[i] for i in idx]) if texts is not None else {}
-                ids = self.model.generate(self._pixels([images[i] for i in idx]), **kw, **generation)
-            out += self.processor.decode(ids)
+        with options.seeded():
+            for idx in chunks(range(len(images)), self.batch_size):
+                with self._autocast():
+                    kw = self._tokens([texts[i] for i in idx]) if texts is not None else {}
+                    ids = self.model.generate(self._pixels([images[i] for i in idx]), **kw, **kwargs)
+                out += self.processor.decode(ids)
         return out
 
     def caption(self, images: Sequence[Any], **generation) -> list[str]:
-        """Captions for `images`; generation: max_new_tokens, num_beams, do_sample, temperature, top_p, seed."""
+        """Captions for `images`; generation: the fields of GenerationOptions (max_new_tokens, num_beams,
+        do_sample, temperature, top_p, seed)."""
         if "caption" not in self.tasks:
             self._unsupported("caption images")
-        return self._generate(list(images), **generation)
+        return self._generate(as_image_list(images), **generation)
 
     @torch.no_grad()
     def answer(self, images: Sequence[Any], questions: Sequence[str], **generation) -> list[str]:
         if "answer" not in self.tasks:
             self._unsupported("answer questions")
+        images = as_image_list(images)
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         _check_texts(questions, "question")
         if isinstance(self.model, FusionEncoder):
-            probs = self._fusion_probs(list(images), list(questions))
+            probs = self._fusion_probs(images, list(questions))
             return [self.model.labels[int(i)] for i in probs.argmax(-1)]
-        return self._generate(list(images), list(questions), **generation)
+        return self._generate(images, list(questions), **generation)
 
     def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
         if "translate" not in self.tasks:
             self._unsupported("translate")
+        images = as_image_list(images)
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images but {len(texts)} sentences; give one sentence per image")
         _check_texts(texts, "sentence")
-        return self._generate(list(images), list(texts), **generation)
+        return self._generate(images, list(texts), **generation)
 
 
 def _kind(task: str) -> str:
@@ -165,24 +167,6 @@ def _check_texts(texts: Sequence[str], what: str) -> None:
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise ValueError(f"{what} {i} is empty; give a non-empty {what}")
-
-
-def _generation_args(max_new_tokens: int | None = None, max_length: int | None = None, num_beams: int = 1,
-                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                     seed: int | None = None) -> dict:
-    """Map polymodal's generation options onto `transformers.generate` arguments."""
-    args: dict = {"num_beams": num_beams, "do_sample": do_sample}
-    if max_new_tokens is not None:
-        args["max_new_tokens"] = max_new_tokens
-    elif max_length is not None:
-        args["max_length"] = max_length
-    else:
-        args["max_new_tokens"] = 20
-    if do_sample:
-        args.update(temperature=temperature, top_p=top_p)
-        if seed is not None:
-            torch.manual_seed(seed)
-    return args
 
 
 def load_native(path: Path, device: str = "cpu", **kwargs) -> NativeModel:

@@ -60,7 +60,7 @@ class GPT2Decoder(Component):
             prompt_ids = torch.full((memory.shape[0], 1), cfg.bos_token_id, dtype=torch.long, device=memory.device)
         generation.setdefault("pad_token_id", cfg.pad_token_id)
         generation.setdefault("eos_token_id", cfg.eos_token_id)
-        from polymodal.infer._generation import beam_search_cache
+        from polymodal.models.generation import beam_search_cache
 
         with beam_search_cache(self.model, memory, generation.get("num_beams")) as extra:
             return self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),

@@ -22,7 +22,7 @@ import torch
 from polymodal.errors import ConfigError
 from polymodal.registry import OBJECTIVES
 from polymodal.tasks import Task, get_task
-from polymodal.train import _data, _run
+from polymodal.train import _data, run_dir
 from polymodal.train.freezing import frozen_modules, merged_for_saving
 from polymodal.train.optim import adamw, lr_factor, param_groups
 from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
@@ -68,7 +68,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     opt = cfg.optim
     if train_records is None and not cfg.data.train:
         raise ConfigError(f"{source}: data.train is missing; give a dataset spec")
-    run = _run.RunDir(cfg.output_dir)
+    run = run_dir.RunDir(cfg.output_dir)
     run.check_free(resume)
     precision = resolve_precision(cfg.precision)  # "measure": bf16 or fp32, decided below
     # The processes (one, or those torchrun / accelerate launch started) and their process group.
@@ -168,14 +168,14 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         accelerator.load_state(str(resume_from / "accelerate"))  # weights + sharded optimizer state
     if resume_from is not None:
         if not sharded:
-            optimizer.load_state_dict(_run.load_torch(resume_from / "optimizer.pt"))
-        scheduler.load_state_dict(_run.load_torch(resume_from / "scheduler.pt"))
+            optimizer.load_state_dict(run_dir.load_torch(resume_from / "optimizer.pt"))
+        scheduler.load_state_dict(run_dir.load_torch(resume_from / "scheduler.pt"))
         if accelerator.scaler is not None and (resume_from / "scaler.pt").is_file():
-            accelerator.scaler.load_state_dict(_run.load_torch(resume_from / "scaler.pt"))
-        state.update(_run.read_state(resume_from))
+            accelerator.scaler.load_state_dict(run_dir.load_torch(resume_from / "scaler.pt"))
+        state.update(run_dir.read_state(resume_from))
         rng_file = resume_from / f"rng-{rank}.pt"
         if state["world_size"] == world and rng_file.is_file():
-            rng_to_restore = _run.load_torch(rng_file)
+            rng_to_restore = run_dir.load_torch(rng_file)
         else:
             log.warning("resuming on %d processes a run saved on %d: the data order is kept, dropout "
                         "and masking draws differ", world, state["world_size"])
@@ -184,7 +184,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     frozen = frozen_modules(setup.base)
     device = accelerator.device
     unwrapped = accelerator.unwrap_model(model)
-    metrics = _run.MetricsLog(run.path, state["step"] if resume_from else None, cfg.logging.tensorboard,
+    metrics = run_dir.MetricsLog(run.path, state["step"] if resume_from else None, cfg.logging.tensorboard,
                               accelerator.is_main_process)
     val_every = cfg.validation.every or cfg.checkpointing.every
 
@@ -231,7 +231,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
 
     # ---- the loop ------------------------------------------------------------------------------
     if rng_to_restore is not None:
-        _run.set_rng_state(rng_to_restore)  # last, so nothing above draws from the restored streams
+        run_dir.set_rng_state(rng_to_restore)  # last, so nothing above draws from the restored streams
     model.train()
     for m in frozen:
         m.eval()
@@ -476,7 +476,7 @@ def _load_weights(model, setup, ckpt: Path) -> None:
     from polymodal.checkpoint import WEIGHTS_NAME, load_state_checked
 
     if setup.lora:
-        model.load_state_dict(_run.load_torch(ckpt / "lora_state.pt"))
+        model.load_state_dict(run_dir.load_torch(ckpt / "lora_state.pt"))
     else:
         load_state_checked(model, load_file(str(ckpt / WEIGHTS_NAME)), str(ckpt / WEIGHTS_NAME))
 

@@ -1,4 +1,7 @@
-"""Exact speed-ups for Hugging Face beam search on captioners with a GPT-2 decoder.
+"""Fast beam search: exact speed-ups for Hugging Face beam search on decoders with cross-attention
+(GPT-2), used by polymodal's own decoder (`models/decoder.py`) and by Hugging Face
+VisionEncoderDecoder checkpoints (`infer/hf.py`). It lives with the models so that both import
+it downward.
 
 Every beam of one image attends over the *same* image tokens, yet transformers' beam search
 treats the beams as independent sequences:

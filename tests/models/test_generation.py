@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from polymodal.infer._generation import ATTENTION, beam_cache, beam_search_cache, cache_kwarg
+from polymodal.models.generation import ATTENTION, beam_cache, beam_search_cache, cache_kwarg
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
