@@ -328,9 +328,12 @@ def load_run_config(source: str | Path | dict | RunConfig, overrides: list[str] 
         except ConfigError as exc:
             raise ConfigError(f"{exc} (after --set {' '.join(overrides)})") from exc
         raw = merged
-    cfg = from_dict(RunConfig, raw, "", name)
-    cfg._source = name  # type: ignore[attr-defined]  (for later error messages)
-    return cfg
+    return from_dict(RunConfig, raw, "", name)
+
+
+def config_source(source: str | Path | dict | RunConfig) -> str:
+    """Where a run config came from, for error messages: its file, else "config"."""
+    return str(Path(source)) if isinstance(source, (str, Path)) else "config"
 
 
 def dump_yaml(cfg: RunConfig) -> str:

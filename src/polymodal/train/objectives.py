@@ -2,8 +2,8 @@
 
 The model holds weights only; each objective reads the batch keys it names in `requires`
 (see docs/training.md for the table) and calls the model's `forward`. Objectives of one step
-share the plain forward pass through `_forward()`, so ITC + ITM + MLM run the towers once,
-as in ALBEF (Li et al., 2021).
+share the plain forward pass: the trainer hands them a `Batch`, whose `forward()` runs the model
+once, so ITC + ITM + MLM run the towers once, as in ALBEF (Li et al., 2021).
 
 Pretraining: `itc`, `itm`, `mlm`, `lm`. Fine-tuning: `lm` (captioning, generative VQA,
 translation), `vqa_classification`, `classification`, `itc` (retrieval). Which of them a
@@ -36,12 +36,26 @@ def _need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+class Batch(dict):
+    """One step's batch (the collator's keys) plus what its objectives share: the plain image +
+    text forward pass, computed by the first objective that asks (`forward`) and reused by the others."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.output = None  # the model's output on this batch, once computed
+
+    def forward(self, model):
+        if self.output is None:
+            self.output = model(pixel_values=self["pixel_values"], input_ids=self["input_ids"],
+                                attention_mask=self["attention_mask"])
+        return self.output
+
+
 def _forward(model, batch: dict):
-    """The plain image + text forward, computed once per batch and shared by the objectives."""
-    if "_forward" not in batch:
-        batch["_forward"] = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"])
-    return batch["_forward"]
+    """The plain image + text forward: shared within a step (a `Batch`), else computed."""
+    if isinstance(batch, Batch):
+        return batch.forward(model)
+    return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -231,7 +245,7 @@ class MLM(Objective):
 
     def __call__(self, model, batch):
         ids, labels = self.mask(batch["input_ids"], batch["attention_mask"])
-        out = _forward(model, batch) if "_forward" in batch else None
+        out = getattr(batch, "output", None)  # ITC / ITM ran the towers on this batch already
         image = out.image_features if out is not None else None
         # The image side is shared with ITC/ITM when they ran; only the masked text is new.
         mlm = model(pixel_values=None if image is not None else batch["pixel_values"], image_features=image,

@@ -1,14 +1,16 @@
 """The training loop: one function over Hugging Face Accelerate.
 
 One process on CPU, or DDP / FSDP / DeepSpeed on GPUs through `accelerate launch`, with no
-code change. The loop knows nothing about a particular task: the objectives own the losses,
-the collator owns the batch layout.
+code change. The loop knows nothing about a particular task: the task (polymodal.tasks) gives
+the collator and the default objectives, the objectives own the losses. `train()` reads top to
+bottom: set up (`prepare_run`), loop, evaluate, checkpoint (`Checkpointer`).
 
     from polymodal.train import train
     result = train("configs/shapes/caption.yaml", overrides=["optim.max_steps=200"])
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -23,11 +25,12 @@ from polymodal.errors import ConfigError
 from polymodal.registry import OBJECTIVES
 from polymodal.tasks import Task, get_task
 from polymodal.train import _data, run_dir
-from polymodal.train.freezing import frozen_modules, merged_for_saving
+from polymodal.train.checkpointing import Checkpointer, TrainState
+from polymodal.train.config import RunConfig, config_source, load_run_config
+from polymodal.train.freezing import frozen_modules
 from polymodal.train.optim import adamw, lr_factor, param_groups
 from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
-from polymodal.train.setup import build_for_training, check_tokenizer, config_family, recipe_task
-from polymodal.train.config import RunConfig, load_run_config
+from polymodal.train.setup import ModelSetup, build_for_training, check_tokenizer, config_family, recipe_task
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,99 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         output_dir: the run directory (overrides `output_dir` of the config).
         resume: continue from the newest complete checkpoint of the run directory.
         train_records, val_records: records given directly instead of `data.train` / `data.val`.
-        collate_fn: records -> batch (docs/training.md); default: the data module's collator for the task.
+        collate_fn: records -> batch (docs/training.md); default: the task's collator.
     """
+    # ---- set up: everything that can be wrong is found before the first step ---------------------
+    r = prepare_run(config, overrides, output_dir, resume, train_records, val_records, collate_fn)
+    cfg, opt, acc = r.cfg, r.cfg.optim, r.accelerator
+    optimizer = adamw(param_groups(r.model, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+    # Stepped by hand once per optimizer step (Accelerate's wrapper would step it once per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, warmup=opt.warmup_steps, total=r.total_steps, schedule=opt.schedule, min_ratio=opt.min_lr_ratio))
+    ckpt = Checkpointer(r.run, r.setup, r.processor, acc, cfg.task, cfg.checkpointing.keep_last)
+    model, optimizer, state, rng = ckpt.prepare(r.model, optimizer, scheduler, r.resume_from)
+    frozen = frozen_modules(r.setup.base)
+    log_ = _Log(r.run.path, state.step if r.resume_from else None, cfg, acc, r.total_steps, state.step)
+    val_every = cfg.validation.every or cfg.checkpointing.every
+    global_batch = opt.batch_size * acc.num_processes * opt.grad_accum
+    last_ckpt, stopped, grad_norm = r.resume_from, False, 0.0
+    if rng is not None:
+        run_dir.set_rng_state(rng)  # last, so nothing above draws from the restored streams
+    _train_mode(model, frozen)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    while state.step < r.total_steps and not stopped:
+        for batch in _epoch_loader(r, state, acc.device):
+            with acc.accumulate(model):
+                with acc.autocast():
+                    loss, logs = losses(r.objectives, model, batch)
+                acc.backward(loss)
+                if acc.sync_gradients and opt.clip_grad_norm:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            log_.add(logs)
+            state.micro_in_epoch += 1
+            if not acc.sync_gradients:
+                continue
+            if not acc.optimizer_step_was_skipped:  # fp16 overflow: the lr waits too
+                scheduler.step()
+            state.step += 1
+            state.samples += global_batch
+            log_.step(state, scheduler.get_last_lr()[0], grad_norm if opt.clip_grad_norm else None, global_batch)
+            at_end = state.step >= r.total_steps
+            with log_.aside():  # samples/s counts training time only
+                # ---- evaluate ---------------------------------------------------------------------
+                if r.val_set is not None and (at_end or (val_every and state.step % val_every == 0)):
+                    stopped = _validate(r, model if ckpt.sharded else acc.unwrap_model(model), ckpt, state,
+                                        frozen, log_)
+                # ---- checkpoint -------------------------------------------------------------------
+                if at_end or stopped or (cfg.checkpointing.every and state.step % cfg.checkpointing.every == 0):
+                    last_ckpt = ckpt.save(state.step, model, optimizer, scheduler, state)
+                    log_.flush()
+            if at_end or stopped:
+                break
+        else:  # the epoch ran out
+            state.epoch += 1
+            state.micro_in_epoch = 0
+
+    log_.close()
+    best = r.run.path / "best"
+    return TrainResult(r.run.path, state.step, last_ckpt, best if best.is_dir() else None, state.best_value,
+                       stopped, list(log_.metrics.rows))
+
+
+# ------------------------------------------------------------------------------------- set up
+@dataclass
+class PreparedRun:
+    """Everything `train()` needs, checked: config, model, objectives, data, Accelerate."""
+
+    cfg: RunConfig
+    source: str
+    task: Task
+    setup: ModelSetup
+    model: torch.nn.Module
+    processor: object
+    objectives: list
+    train_set: Sequence[dict]
+    val_set: Sequence[dict] | None
+    collate: Callable
+    total_steps: int
+    accelerator: object
+    run: run_dir.RunDir
+    resume_from: Path | None
+
+
+def prepare_run(config, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False,
+                train_records: Sequence[dict] | None = None, val_records: Sequence[dict] | None = None,
+                collate_fn: Callable | None = None) -> PreparedRun:
+    """Read the config, build model / objectives / data / collator, check they fit together (one
+    dry step), choose the precision, start Accelerate and the run directory (see `train`)."""
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
     cfg = load_run_config(config, overrides)
-    source = getattr(cfg, "_source", "config")
+    source = config_source(config)
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     opt = cfg.optim
@@ -75,9 +164,8 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     # cpu=True on machines without an accelerator: that is what makes a multi-process launch a
     # gloo group on CPU rather than N lone runs.
     procs = PartialState(cpu=not has_accelerator())
-    world, rank = procs.num_processes, procs.process_index
+    world = procs.num_processes
 
-    # ---- everything that can be wrong is found before the first step -------------------------
     set_seed(cfg.seed)  # identical initialisation on every process
     name = cfg.task or recipe_task(cfg.model, source)
     task = _task(name, source) if name else None
@@ -116,8 +204,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         raise ConfigError(f"{source}: {len(train_set)} training records are fewer than one optimizer step "
                           f"({opt.batch_size} x {world} processes x {opt.grad_accum} accumulation); "
                           "lower optim.batch_size or grad_accum")
-    steps_per_epoch = micro_per_epoch // opt.grad_accum
-    total_steps = opt.max_steps or opt.epochs * steps_per_epoch
+    total_steps = opt.max_steps or opt.epochs * (micro_per_epoch // opt.grad_accum)
 
     # One dry step on two records: objectives x model x batch fit together, and the log keys
     # (for best_metric) are known. Parameters no objective reaches are frozen, so DDP needs no
@@ -137,173 +224,178 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
         log.info("precision auto: %s", "bf16" if precision == "bf16" else "fp32")
     cfg.precision = precision  # the resolved value goes into config.yaml
     accelerator = _accelerator(precision, opt.grad_accum)
-    # FSDP / DeepSpeed shard weights and optimizer state over the processes: checkpoints gather
-    # the weights and leave the optimizer to Accelerate's own (sharded) state files.
     sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
     if sharded and setup.lora:
         raise ConfigError(f"{source}: LoRA under {accelerator.distributed_type.name} is not supported yet; use DDP")
-    best_key, mode = cfg.checkpointing.best_metric, cfg.checkpointing.mode
+    best_key = cfg.checkpointing.best_metric
     if val_set is not None and best_key not in {f"val/{k}" for k in log_keys}:
         raise ConfigError(f"{source}: checkpointing.best_metric {best_key!r} is not a validation value; "
                           f"one of: {', '.join(sorted(f'val/{k}' for k in log_keys))}")
 
     resume_from = run.prepare(cfg.to_dict(), resume, accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    return PreparedRun(cfg, source, task, setup, model, processor, objectives, train_set, val_set, collate,
+                       total_steps, accelerator, run, resume_from)
 
-    # ---- optimizer, schedule, Accelerate -------------------------------------------------------
-    optimizer = adamw(param_groups(model, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas),
-                             eps=opt.eps)
-    # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step
-    # it once per process, which changes the schedule with the process count).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        lr_factor, warmup=opt.warmup_steps, total=total_steps, schedule=opt.schedule,
-        min_ratio=opt.min_lr_ratio))
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "samples": 0, "best_value": None, "best_step": None,
-             "bad_validations": 0, "world_size": world}
-    rng_to_restore = None
-    if resume_from is not None and not sharded:
-        _load_weights(model, setup, resume_from)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if resume_from is not None and sharded:
-        accelerator.load_state(str(resume_from / "accelerate"))  # weights + sharded optimizer state
-    if resume_from is not None:
-        if not sharded:
-            optimizer.load_state_dict(run_dir.load_torch(resume_from / "optimizer.pt"))
-        scheduler.load_state_dict(run_dir.load_torch(resume_from / "scheduler.pt"))
-        if accelerator.scaler is not None and (resume_from / "scaler.pt").is_file():
-            accelerator.scaler.load_state_dict(run_dir.load_torch(resume_from / "scaler.pt"))
-        state.update(run_dir.read_state(resume_from))
-        rng_file = resume_from / f"rng-{rank}.pt"
-        if state["world_size"] == world and rng_file.is_file():
-            rng_to_restore = run_dir.load_torch(rng_file)
-        else:
-            log.warning("resuming on %d processes a run saved on %d: the data order is kept, dropout "
-                        "and masking draws differ", world, state["world_size"])
-        state["world_size"] = world
-        log.info("resuming %s at step %d", resume_from, state["step"])
-    frozen = frozen_modules(setup.base)
-    device = accelerator.device
-    unwrapped = accelerator.unwrap_model(model)
-    metrics = run_dir.MetricsLog(run.path, state["step"] if resume_from else None, cfg.logging.tensorboard,
-                              accelerator.is_main_process)
-    val_every = cfg.validation.every or cfg.checkpointing.every
 
-    def save_checkpoint(step: int) -> Path:
-        from polymodal.checkpoint import save_checkpoint as write
+def _task(name: str, source: str) -> Task:
+    try:
+        return get_task(name)
+    except ConfigError:
+        from polymodal.tasks import task_names
 
-        meta = {"task": cfg.task, "recipe": setup.recipe, "training": {"step": step, "run": str(run.path)}}
-        plain = _plain_model(setup, accelerator, model) if sharded else None  # (a collective)
-        extra = {"scheduler.pt": scheduler.state_dict()}
-        if not sharded:
-            extra["optimizer.pt"] = optimizer.state_dict()
-        if accelerator.scaler is not None:
-            extra["scaler.pt"] = accelerator.scaler.state_dict()
-        if setup.lora:  # resume needs the adapter-wrapped weights, not the merged ones
-            extra["lora_state.pt"] = {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()}
-        path = run.save(step, accelerator,
-                        lambda d: write(d, plain or merged_for_saving(setup, unwrapped), processor, **meta),
-                        extra, dict(state), cfg.checkpointing.keep_last,
-                        write_all=(lambda d: accelerator.save_state(str(d / "accelerate"))) if sharded else None)
-        metrics.flush(cfg.logging.plot)
-        return path
+        raise ConfigError(f"{source}: task {name!r} unknown; one of: {', '.join(task_names())}") from None
 
-    def validate(step: int) -> bool:
-        """Validation values into the log; update best/; True if training should stop early."""
-        values = _evaluate(model if sharded else unwrapped, objectives, val_set, collate, accelerator, cfg, frozen,
-                           equal_shards=sharded)
-        metrics.add({"step": step, **values})
-        if accelerator.is_main_process:
-            log.info("step %d validation: %s", step, _fmt(values))
-        value = values[best_key]
-        better = state["best_value"] is None or (value < state["best_value"] if mode == "min" else value > state["best_value"])
-        if better:
-            state.update(best_value=value, best_step=step, bad_validations=0)
-            plain = _plain_model(setup, accelerator, model) if sharded else None  # (a collective)
-            if accelerator.is_main_process:
-                from polymodal.checkpoint import save_checkpoint as write
 
-                write(run.path / "best", plain or merged_for_saving(setup, unwrapped), processor, task=cfg.task,
-                      recipe=setup.recipe, training={"step": step, "best_metric": best_key, "value": value})
-        else:
-            state["bad_validations"] += 1
-        patience = cfg.checkpointing.early_stopping_patience
-        return bool(patience) and state["bad_validations"] >= patience
+# ----------------------------------------------------------------------------- loop, evaluate
+def _epoch_loader(r: PreparedRun, state: TrainState, device):
+    """This process's batches of the current epoch, from where the run stands, on `device`."""
+    acc, opt = r.accelerator, r.cfg.optim
+    sampler = _data.EpochBatches(len(r.train_set), opt.batch_size, acc.num_processes, acc.process_index, r.cfg.seed,
+                                 state.epoch, opt.grad_accum, start=state.micro_in_epoch)
+    if hasattr(r.train_set, "set_epoch"):  # per-epoch choices of the data module (which caption)
+        r.train_set.set_epoch(state.epoch)
+    # A private generator: creating the loader must not draw from the global RNG (dropout).
+    loader = torch.utils.data.DataLoader(r.train_set, batch_sampler=sampler, collate_fn=r.collate,
+                                         num_workers=r.cfg.data.num_workers, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(r.cfg.seed + state.epoch))
+    for batch in loader:
+        yield _to(batch, device)
 
-    # ---- the loop ------------------------------------------------------------------------------
-    if rng_to_restore is not None:
-        run_dir.set_rng_state(rng_to_restore)  # last, so nothing above draws from the restored streams
+
+def _train_mode(model, frozen) -> None:
+    """Training mode, except the frozen parts (no dropout; BatchNorm statistics stay)."""
     model.train()
     for m in frozen:
         m.eval()
-    progress = _Progress(total_steps, state["step"], cfg.logging.progress and accelerator.is_main_process)
-    global_batch = opt.batch_size * world * opt.grad_accum
-    # Logged values summed over the micro-batches since the last log row; kept as tensors so a
-    # GPU is not synchronised every step.
-    sums: dict = defaultdict(float)
-    n_micro, t_last, last_ckpt, stopped, grad_norm = 0, time.perf_counter(), resume_from, False, 0.0
 
-    while state["step"] < total_steps and not stopped:
-        sampler = _data.EpochBatches(len(train_set), opt.batch_size, world, rank, cfg.seed, state["epoch"],
-                                     opt.grad_accum, start=state["micro_in_epoch"])
-        if hasattr(train_set, "set_epoch"):  # per-epoch choices of the data module (which caption)
-            train_set.set_epoch(state["epoch"])
-        # A private generator: creating the loader must not draw from the global RNG (dropout).
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-        for batch in loader:
-            batch = _to(batch, device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = _losses(objectives, model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and opt.clip_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in logs.items():
-                sums[k] = sums[k] + v
-            n_micro += 1
-            state["micro_in_epoch"] += 1
-            if not accelerator.sync_gradients:
+
+def _validate(r: PreparedRun, model, ckpt: Checkpointer, state: TrainState, frozen, log_: "_Log") -> bool:
+    """Validation values into the log; a better one writes best/. True when training should stop early."""
+    cfg = r.cfg
+    values = evaluate_objectives(model, r.objectives, r.val_set, r.collate, r.accelerator,
+                                 limit=cfg.data.max_val_samples, batch_size=cfg.validation.batch_size or cfg.optim.batch_size,
+                                 seed=cfg.seed, equal_shards=ckpt.sharded)
+    _train_mode(model, frozen)
+    log_.validation(state.step, values)
+    best_key, value = cfg.checkpointing.best_metric, values[cfg.checkpointing.best_metric]
+    if state.improves(value, cfg.checkpointing.mode):
+        state.best_value, state.best_step, state.bad_validations = value, state.step, 0
+        ckpt.save_best(model, {"step": state.step, "best_metric": best_key, "value": value})
+    else:
+        state.bad_validations += 1
+    patience = cfg.checkpointing.early_stopping_patience
+    return bool(patience) and state.bad_validations >= patience
+
+
+def losses(objectives, model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the objectives' losses, and their logs under "<objective>/<name>".
+
+    The objectives of one step share one plain forward pass (`objectives.Batch`)."""
+    from polymodal.train.objectives import Batch
+
+    batch = Batch(batch)
+    total, logs = 0.0, {}
+    for name, weight, obj in objectives:
+        loss, values = obj(model, batch)
+        total = total + weight * loss
+        logs.update({f"{name}/{k}": v for k, v in values.items()})
+    logs["loss"] = total.detach()
+    return total, logs
+
+
+@torch.no_grad()
+def evaluate_objectives(model, objectives, records, collate, accelerator, limit: int | None, batch_size: int,
+                        seed: int, equal_shards: bool) -> dict:
+    """Validation values: the objectives' logs averaged over the records (every process takes a shard).
+
+    With a fixed seed for masking / negatives, outside the training RNG streams. `model` is the
+    unwrapped model under DDP (no collectives in its forward, so shards may differ in size); a
+    sharded model (FSDP, DeepSpeed) needs every process in every forward: `equal_shards` pads
+    the shards with records that count zero. Leaves the model in eval mode.
+    """
+    idx = _data.shard(len(records), accelerator.num_processes, accelerator.process_index, limit)
+    weight = [1.0] * len(idx)
+    if equal_shards:
+        longest = -(-min(len(records), limit or len(records)) // accelerator.num_processes)
+        weight += [0.0] * (longest - len(idx))
+        idx += [0] * (longest - len(idx))
+    sums: dict[str, float] = defaultdict(float)
+    count = 0.0
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(0, len(idx), batch_size):
+            batch = collate([records[j] for j in idx[i:i + batch_size]])
+            if batch is None:  # every record of the slice was unreadable (and dropped)
                 continue
-            # ---- one optimizer step done -----------------------------------------------------
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the lr waits too
-                scheduler.step()
-            state["step"] += 1
-            state["samples"] += global_batch
-            step = state["step"]
-            if step % cfg.logging.every == 0 or step == total_steps:
-                values = _mean_over_processes({k: float(v) / n_micro for k, v in sums.items()}, accelerator)
-                now = time.perf_counter()
-                row = {"step": step, "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **values,
-                       **({"grad_norm": float(grad_norm)} if opt.clip_grad_norm else {}),
-                       "samples_per_s": global_batch * (n_micro / opt.grad_accum) / (now - t_last)}
-                metrics.add(row)
-                progress.update(step, row)
-                sums.clear()
-                n_micro, t_last = 0, now
-            else:
-                progress.update(step, None)
-            at_end = step >= total_steps
-            t_aside = time.perf_counter()
-            if val_set is not None and (at_end or (val_every and step % val_every == 0)):
-                stopped = validate(step)
-            if at_end or stopped or (cfg.checkpointing.every and step % cfg.checkpointing.every == 0):
-                last_ckpt = save_checkpoint(step)
-            if at_end or stopped:
-                break
-            t_last += time.perf_counter() - t_aside  # samples/s counts training time only
-        else:  # the epoch ran out
-            state["epoch"] += 1
-            state["micro_in_epoch"] = 0
+            batch = _to(batch, accelerator.device)
+            with accelerator.autocast():
+                _, logs = losses(objectives, model, batch)
+            n = sum(weight[i:i + batch_size])
+            for k, v in logs.items():
+                sums[k] += float(v) * n
+            count += n
+    keys = sorted(sums)
+    # one reduction: the sums, then the record count
+    totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=accelerator.device)
+    totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
+    n = max(1.0, float(totals[-1]))
+    return {f"val/{k}": float(totals[i]) / n for i, k in enumerate(keys)}
 
-    progress.close()
-    metrics.flush(cfg.logging.plot)
-    metrics.close()
-    best = run.path / "best"
-    return TrainResult(run.path, state["step"], last_ckpt, best if best.is_dir() else None, state["best_value"],
-                       stopped, list(metrics.rows))
+
+class _Log:
+    """The run's log: training values averaged over the micro-batches since the last row
+    (kept as tensors, so a GPU is not synchronised every step), validation rows, samples/s,
+    metrics.jsonl / csv / curves (main process) and the progress bar."""
+
+    def __init__(self, path: Path, resume_step: int | None, cfg: RunConfig, accelerator, total: int, start: int):
+        main = accelerator.is_main_process
+        self.metrics = run_dir.MetricsLog(path, resume_step, cfg.logging.tensorboard, main)
+        self.progress = _Progress(total, start, cfg.logging.progress and main)
+        self.every, self.total, self.plot, self.accelerator = cfg.logging.every, total, cfg.logging.plot, accelerator
+        self.accum = cfg.optim.grad_accum
+        self.sums: dict = defaultdict(float)
+        self.n_micro, self.t_last = 0, time.perf_counter()
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums[k] + v
+        self.n_micro += 1
+
+    def step(self, state: TrainState, lr: float, grad_norm, global_batch: int) -> None:
+        if not (state.step % self.every == 0 or state.step == self.total):
+            self.progress.update(state.step, None)
+            return
+        values = _mean_over_processes({k: float(v) / self.n_micro for k, v in self.sums.items()}, self.accelerator)
+        now = time.perf_counter()
+        row = {"step": state.step, "epoch": state.epoch, "lr": lr, **values,
+               **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+               "samples_per_s": global_batch * (self.n_micro / self.accum) / (now - self.t_last)}
+        self.metrics.add(row)
+        self.progress.update(state.step, row)
+        self.sums.clear()
+        self.n_micro, self.t_last = 0, now
+
+    def validation(self, step: int, values: dict) -> None:
+        self.metrics.add({"step": step, **values})
+        if self.accelerator.is_main_process:
+            log.info("step %d validation: %s", step, _fmt(values))
+
+    @contextlib.contextmanager
+    def aside(self):
+        """Time spent in the block (validation, checkpoints) does not count for samples/s."""
+        t0 = time.perf_counter()
+        yield
+        self.t_last += time.perf_counter() - t0
+
+    def flush(self) -> None:
+        self.metrics.flush(self.plot)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics.flush(self.plot)
+        self.metrics.close()
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -327,15 +419,6 @@ def _accelerator(precision: str, grad_accum: int):
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum,
                        cpu=not has_accelerator())
-
-
-def _task(name: str, source: str) -> Task:
-    try:
-        return get_task(name)
-    except ConfigError:
-        from polymodal.tasks import task_names
-
-        raise ConfigError(f"{source}: task {name!r} unknown; one of: {', '.join(task_names())}") from None
 
 
 def build_objectives(specs: list, processor, model, source: str) -> list[tuple[str, float, object]]:
@@ -367,25 +450,13 @@ def build_objectives(specs: list, processor, model, source: str) -> list[tuple[s
     return out
 
 
-def _losses(objectives, model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """The weighted sum of the objectives' losses, and their logs under "<objective>/<name>"."""
-    total, logs = 0.0, {}
-    for name, weight, obj in objectives:
-        loss, values = obj(model, batch)
-        total = total + weight * loss
-        logs.update({f"{name}/{k}": v for k, v in values.items()})
-    batch.pop("_forward", None)
-    logs["loss"] = total.detach()
-    return total, logs
-
-
 def _measure_precision(model, objectives, batch: dict) -> str:
     """bf16 autocast or fp32, whichever runs a training step of this model faster here."""
     was = model.training
     model.eval()  # BatchNorm statistics stay untouched
 
     def step():
-        loss, _ = _losses(objectives, model, dict(batch))
+        loss, _ = losses(objectives, model, dict(batch))
         loss.backward()
 
     choice = measure_bf16(step)
@@ -400,51 +471,10 @@ def _dry_run(model, objectives, collate, records, seed: int) -> list[str]:
         torch.manual_seed(seed)
         was = model.training
         model.eval()
-        loss, logs = _losses(objectives, model, collate([records[i] for i in range(min(2, len(records)))]))
+        loss, logs = losses(objectives, model, collate([records[i] for i in range(min(2, len(records)))]))
         loss.backward()
         model.train(was)
     return list(logs)
-
-
-@torch.no_grad()
-def _evaluate(model, objectives, records, collate, accelerator, cfg: RunConfig, frozen, equal_shards: bool) -> dict:
-    """Validation values averaged over the records (every process takes a shard).
-
-    With a fixed seed for masking / negatives, outside the training RNG streams. `model` is the
-    unwrapped model under DDP (no collectives in its forward, so shards may differ in size); a
-    sharded model (FSDP, DeepSpeed) needs every process in every forward: `equal_shards` pads
-    the shards with records that count zero.
-    """
-    idx = _data.shard(len(records), accelerator.num_processes, accelerator.process_index, cfg.data.max_val_samples)
-    weight = [1.0] * len(idx)
-    if equal_shards:
-        longest = -(-min(len(records), cfg.data.max_val_samples or len(records)) // accelerator.num_processes)
-        weight += [0.0] * (longest - len(idx))
-        idx += [0] * (longest - len(idx))
-    bs = cfg.validation.batch_size or cfg.optim.batch_size
-    sums: dict[str, float] = defaultdict(float)
-    model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        for i in range(0, len(idx), bs):
-            batch = collate([records[j] for j in idx[i:i + bs]])
-            if batch is None:  # every record of the slice was unreadable (and dropped)
-                continue
-            batch = _to(batch, accelerator.device)
-            with accelerator.autocast():
-                _, logs = _losses(objectives, model, batch)
-            n = sum(weight[i:i + bs])
-            for k, v in logs.items():
-                sums[k] += float(v) * n
-            sums[" count"] += n
-    model.train()
-    for m in frozen:
-        m.eval()
-    keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
-    count = max(1.0, float(totals[keys.index(" count")]))
-    return {f"val/{k}": float(totals[i]) / count for i, k in enumerate(keys) if k != " count"}
 
 
 def _mean_over_processes(values: dict, accelerator) -> dict:
@@ -454,31 +484,6 @@ def _mean_over_processes(values: dict, accelerator) -> dict:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
     t = accelerator.reduce(t, reduction="mean")
     return {k: float(t[i]) for i, k in enumerate(keys)}
-
-
-def _plain_model(setup, accelerator, model):
-    """The full model gathered from FSDP / DeepSpeed shards, on the main process (else None).
-    Every process must call this: gathering is a collective."""
-    state = accelerator.get_state_dict(model)
-    if not accelerator.is_main_process:
-        return None
-    from polymodal.models import build_model
-
-    plain = build_model(setup.base.export_spec())
-    plain.load_state_dict(state)
-    return plain
-
-
-def _load_weights(model, setup, ckpt: Path) -> None:
-    """Weights of a step checkpoint into the model being trained (adapter-wrapped for LoRA)."""
-    from safetensors.torch import load_file
-
-    from polymodal.checkpoint import WEIGHTS_NAME, load_state_checked
-
-    if setup.lora:
-        model.load_state_dict(run_dir.load_torch(ckpt / "lora_state.pt"))
-    else:
-        load_state_checked(model, load_file(str(ckpt / WEIGHTS_NAME)), str(ckpt / WEIGHTS_NAME))
 
 
 def _to(batch: dict, device) -> dict:
