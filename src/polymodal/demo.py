@@ -147,9 +147,9 @@ def _stages(out: Path, budget: Budget, mode: str) -> list[Stage]:
     specs = [f"shapes:{data}:{t}" for t in ("captions", "vqa", "classify", "translate")]
 
     def fit_tokenizer():
-        from polymodal.data.cli import tokenizer as cmd
+        from polymodal.data.tools import fit_tokenizer
 
-        cmd(specs, tok, split="train", vocab_size=2000, as_json=False)
+        fit_tokenizer(specs, tok, split="train", vocab_size=2000)
 
     stages = [
         Stage("data", "Generate the shapes world", [f"polymodal data generate shapes --out {data} "

@@ -16,6 +16,7 @@ from polymodal.data import shapes
 from polymodal.data.images import load_image
 from polymodal.data.shapes import COLORS, HELD_OUT, PLURAL_EN, SHAPES, SIZES
 from polymodal.errors import DataError
+from polymodal.eval.shapes_metrics import extract_concepts, mention_in_scene  # reads captions back
 
 SINGULAR = {**{p: s for s, p in PLURAL_EN.items()}, **{s: s for s in SHAPES}}
 WORD = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURAL_EN.items()}}
@@ -225,19 +226,19 @@ def test_captions_mention_only_what_is_there_in_both_languages(shapes_dir):
         assert len(rec["captions"]) == len(rec["captions_zh"]) == 5
         assert len(set(rec["captions"])) >= 4  # varied templates, not one sentence
         for caption in rec["captions"] + rec["captions_zh"]:
-            mentions = shapes.extract_concepts(caption)
+            mentions = extract_concepts(caption)
             assert mentions, caption
             for m in mentions:
-                assert m["shape"] is None or shapes.mention_in_scene(m, scene), (caption, m)
+                assert m["shape"] is None or mention_in_scene(m, scene), (caption, m)
         # caption 0 names every object with its size, colour and shape, in both languages
         full = Counter((o["size"], o["color"], o["shape"]) for o in objs)
         for caption in (rec["captions"][0], rec["captions_zh"][0]):
-            got = Counter((m["size"], m["color"], m["shape"]) for m in shapes.extract_concepts(caption))
+            got = Counter((m["size"], m["color"], m["shape"]) for m in extract_concepts(caption))
             assert got == full, caption
         # caption 2 groups objects with their counts
         grouped = Counter((o["color"], o["shape"]) for o in objs)
         for caption in (rec["captions"][2], rec["captions_zh"][2]):
-            got = {(m["color"], m["shape"]): m["count"] or 1 for m in shapes.extract_concepts(caption)}
+            got = {(m["color"], m["shape"]): m["count"] or 1 for m in extract_concepts(caption)}
             assert got == dict(grouped), caption
         # the relation caption states a true relation
         if m := re.match(rf"^An? (\w+) (\w+) is ({RELS}) an? (\w+) (\w+)\.$", rec["captions"][3]):
@@ -256,25 +257,10 @@ def test_translation_pairs_are_the_parallel_captions(shapes_dir):
         assert (p["source"], p["target"]) == (src, tgt)
         # same objects on both sides
         key = lambda m: (m["color"], m["shape"])  # noqa: E731
-        en = sorted(map(key, filter(lambda m: m["shape"], shapes.extract_concepts(src, "en"))))
-        zh = sorted(map(key, filter(lambda m: m["shape"], shapes.extract_concepts(tgt, "zh"))))
+        en = sorted(map(key, filter(lambda m: m["shape"], extract_concepts(src, "en"))))
+        zh = sorted(map(key, filter(lambda m: m["shape"], extract_concepts(tgt, "zh"))))
         assert en == zh, p
     assert set("".join(p["target"] for p in pairs)) <= set(shapes.zh_alphabet())
-
-
-def test_extract_concepts_reads_synonyms_counts_and_chinese():
-    got = shapes.extract_concepts("Two big red discs and no squares; the small object is teal.")
-    assert got == [{"shape": "circle", "color": "red", "size": "large", "count": 2},
-                   {"shape": "square", "color": None, "size": None, "count": 0},
-                   {"shape": None, "color": None, "size": "small", "count": None}]
-    assert shapes.extract_concepts("两个小的蓝色正方形和一个十字形") == [
-        {"shape": "square", "color": "blue", "size": "small", "count": 2},
-        {"shape": "cross", "color": None, "size": None, "count": 1}]
-    scene = {"objects": [{"shape": "circle", "color": "red", "size": "large"}]}
-    assert shapes.mention_in_scene({"shape": "circle", "color": "red", "size": None}, scene)
-    assert not shapes.mention_in_scene({"shape": "circle", "color": "blue", "size": None}, scene)
-    # the vocabulary covers every word the generator uses
-    assert set(shapes.VOCAB["shape"]) == set(SHAPES) and set(shapes.VOCAB["color"]) == set(COLORS)
 
 
 def test_class_tree_holds_the_single_object_scenes(shapes_dir):

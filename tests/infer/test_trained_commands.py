@@ -55,7 +55,7 @@ def test_ask_answers_test_questions(trained):
 
 
 def test_caption_names_what_is_in_the_image(trained):
-    from polymodal.data.shapes import extract_concepts, mention_in_scene
+    from polymodal.eval.shapes_metrics import extract_concepts, mention_in_scene
 
     caps = list(open_dataset(f"shapes:{trained / 'data'}:captions", "test"))[:20]
     res = runner.invoke(app, ["caption", "--model", str(trained / "runs" / "caption_en" / "best"), "--json",

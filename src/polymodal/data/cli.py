@@ -161,22 +161,11 @@ def tokenizer(
     Use it with `model.processor.tokenizer: FOLDER` in a training config: text towers and
     decoders trained from scratch are sized to it, and the LM head shrinks from 30k to its size.
     """
-    from polymodal.data import open_dataset
-    from polymodal.data.fields import TEXT_FIELDS
-    from polymodal.processing import Processor, train_tokenizer
+    from polymodal.data.tools import fit_tokenizer
 
-    texts: list[str] = []
     try:
-        for spec in specs:
-            for rec in open_dataset(spec, split):
-                for key in (*TEXT_FIELDS, "captions", "captions_zh", "answers"):
-                    value = rec.get(key)
-                    texts += value if isinstance(value, list) else [value] if isinstance(value, str) else []
-        if not texts:
-            raise PolymodalError(f"{', '.join(specs)}: no texts to fit a tokenizer to")
-        path = train_tokenizer(texts, out, vocab_size=vocab_size)
-        size = Processor(tokenizer=str(path)).vocab_size
+        report = fit_tokenizer(specs, out, split=split, vocab_size=vocab_size)
     except PolymodalError as exc:
         _fail(exc)
-    _emit({"out": str(path), "vocab_size": size, "texts": len(texts)}, as_json,
-          f"wrote a {size}-token tokenizer fitted to {len(texts)} texts to {path}")
+    _emit(report, as_json, f"wrote a {report['vocab_size']}-token tokenizer fitted to {report['texts']} texts "
+                           f"to {report['out']}")

@@ -193,6 +193,13 @@ class JsonlReader(Reader):
         return f"jsonl {', '.join(map(str, self.files))}"
 
 
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Records as JSON Lines (what JsonlReader reads), one compact object per line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
 @DATASETS.register("coco")
 class CocoReader(Reader):
     """COCO captions JSON (`captions_train2014.json`) or a Karpathy split file (`dataset_coco.json`).
@@ -265,6 +272,41 @@ class CocoReader(Reader):
         return f"coco {self.path}" + (f" [{self.split}]" if self.split else "")
 
 
+def write_coco_captions(path: str | os.PathLike, records: list[dict], size: int, description: str,
+                        version: str = "1") -> None:
+    """Official COCO captions format (captions_train2014.json; what CocoReader reads).
+
+    Args:
+        records: {"id" (an integer string), "image" (relative to the json), "captions"} per image.
+        size: the images' side in pixels. description, version: the file's `info`.
+    """
+    images, anns = [], []
+    for r in records:
+        iid = int(r["id"])
+        images.append({"id": iid, "file_name": r["image"], "width": size, "height": size})
+        for k, c in enumerate(r["captions"]):
+            anns.append({"id": iid * 10 + k, "image_id": iid, "caption": c})
+    doc = {"info": {"description": description, "version": version},
+           "licenses": [], "type": "captions", "images": images, "annotations": anns}
+    Path(path).write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+
+
+def write_karpathy(path: str | os.PathLike, records_by_split: dict[str, list[dict]], dataset: str) -> None:
+    """Karpathy-style split file (dataset_coco.json layout; CocoReader reads it): every image with
+    its split and sentences. Records as for `write_coco_captions`."""
+    images = []
+    for split, records in records_by_split.items():
+        for r in records:
+            iid = int(r["id"])
+            folder, _, name = r["image"].rpartition("/")
+            sents = [{"raw": c, "tokens": re.findall(r"[a-z0-9]+", c.lower()), "imgid": iid, "sentid": iid * 10 + k}
+                     for k, c in enumerate(r["captions"])]
+            images.append({"filepath": folder, "filename": name, "imgid": iid, "cocoid": iid,
+                           "split": split, "sentids": [s["sentid"] for s in sents], "sentences": sents})
+    Path(path).write_text(json.dumps({"dataset": dataset, "images": images}, separators=(",", ":"),
+                                     ensure_ascii=False))
+
+
 @DATASETS.register("vqa")
 class VqaReader(Reader):
     """VQAv2 question JSON plus (optional, absent for test-dev) annotation JSON.
@@ -327,6 +369,33 @@ class VqaReader(Reader):
         return f"vqa {self.questions}" + (f", {self.annotations}" if self.annotations else "")
 
 
+def write_vqa(out: str | os.PathLike, split: str, records: list[dict], description: str, image_pattern: str) -> None:
+    """VQAv2 question and annotation files `vqa_{split}_questions.json` / `_annotations.json`
+    (what VqaReader reads); every question gets 10 identical answers (exact ground truth).
+
+    Args:
+        records: {"id" ("<image id>_q<k>"), "image_id", "question", "answers", "question_type",
+            "answer_type"} per question; the question id is image_id * 1000 + k.
+        image_pattern: where the images are, relative to the files (not in VQAv2 itself).
+    """
+    out = Path(out)
+    questions_, anns = [], []
+    for r in records:
+        iid, k = int(r["image_id"]), int(r["id"].rpartition("_q")[2])
+        qid = iid * 1000 + k
+        questions_.append({"image_id": iid, "question": r["question"], "question_id": qid})
+        a = r["answers"][0]
+        anns.append({"question_id": qid, "image_id": iid, "question_type": r["question_type"],
+                     "answer_type": r["answer_type"], "multiple_choice_answer": a,
+                     "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)]})
+    common = {"info": {"description": description}, "license": {}, "data_type": "shapes", "data_subtype": split,
+              "image_pattern": image_pattern}
+    (out / f"vqa_{split}_questions.json").write_text(json.dumps(
+        {**common, "task_type": "OpenEnded", "questions": questions_}, ensure_ascii=False, separators=(",", ":")))
+    (out / f"vqa_{split}_annotations.json").write_text(json.dumps({**common, "annotations": anns}, ensure_ascii=False,
+                                                                  separators=(",", ":")))
+
+
 @DATASETS.register("folder")
 class FolderReader(Reader):
     """Class-per-folder image tree: DIR/<label>/<image> (and DIR/<split>/<label>/<image>).
@@ -362,6 +431,21 @@ class FolderReader(Reader):
 
     def describe(self) -> str:
         return f"folder {self.path} ({len(self.classes)} classes)"
+
+
+def write_class_tree(root: str | os.PathLike, split: str, images: list[tuple[str, str]]) -> None:
+    """`classes/{split}/{label}/NAME` (what FolderReader reads) for (image path relative to
+    `root`, label) pairs; hard links where possible, else copies."""
+    import shutil
+
+    root = Path(root)
+    for image, label in images:
+        dst = root / "classes" / split / label / Path(image).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(root / image, dst)
+        except OSError:
+            shutil.copyfile(root / image, dst)
 
 
 @DATASETS.register("shapes")
@@ -672,4 +756,4 @@ def record_to_json(rec: dict) -> dict:
 
 __all__ = ["Entry", "Reader", "JsonlReader", "CocoReader", "VqaReader", "FolderReader", "ShapesReader",
            "HfReader", "WdsReader", "parse_spec", "guess_format", "open_dataset", "record_to_json",
-           "IMAGE_EXTENSIONS"]
+           "IMAGE_EXTENSIONS", "write_jsonl", "write_coco_captions", "write_karpathy", "write_vqa", "write_class_tree"]

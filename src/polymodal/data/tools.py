@@ -318,3 +318,23 @@ def shard(spec, out: str | os.PathLike, split: str | None = None, maxcount: int 
     last = max(len(shards) - 1, 0)
     pattern = f"{out}/{prefix}-{{{0:06d}..{last:06d}}}.tar" if len(shards) > 1 else (shards[0] if shards else "")
     return {"shards": shards, "records": written, "skipped": skipped, "spec": f"wds:{pattern}"}
+
+
+def fit_tokenizer(specs: list[str], out: str | os.PathLike, split: str = "train", vocab_size: int = 2000) -> dict:
+    """Fit a small WordPiece tokenizer to the texts of dataset specs (`polymodal data tokenizer`).
+
+    Returns:
+        {"out": the tokenizer folder, "vocab_size", "texts": how many texts it was fitted to}
+    """
+    from polymodal.processing import Processor, train_tokenizer
+
+    texts: list[str] = []
+    for spec in specs:
+        for rec in open_dataset(spec, split):
+            for key in (*TEXT_FIELDS, "captions", "captions_zh", "answers"):
+                value = rec.get(key)
+                texts += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    if not texts:
+        raise DataError(f"{', '.join(specs)}: no texts to fit a tokenizer to")
+    path = train_tokenizer(texts, out, vocab_size=vocab_size)
+    return {"out": str(path), "vocab_size": Processor(tokenizer=str(path)).vocab_size, "texts": len(texts)}

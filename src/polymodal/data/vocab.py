@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 
 from polymodal.errors import DataError
 # One answer normalisation for training targets and scoring alike: the official VQAv2 one.
-from polymodal.eval.vqa import normalize_answer  # noqa: F401
+from polymodal.data.answers import normalize_answer  # noqa: F401
 
 
 class Vocab:

@@ -9,10 +9,12 @@ Each image is a scene of 1-6 coloured shapes on a noisy dark canvas. From the sc
 * referring expressions with the referred object's box,
 * English -> Chinese caption pairs for translation.
 
-Every image is drawn from its own RNG seeded by (seed, index), so generation is deterministic,
-parallel and any subset can be regenerated. `generate()` writes the real formats the readers
-of `polymodal.data.formats` read (JSONL manifests, COCO captions, Karpathy split file, VQAv2
-JSON, class-per-folder tree); see docs/data.md for the layout.
+This module holds the world (shapes, colours, sizes and their English / Chinese words), its
+scenes (`sample_scene`) and what is said about them (`captions`, `questions`, `statements`,
+`referring`, `describe`): each sentence is drawn with its Chinese form from the same random
+stream, so the two languages stay parallel. `render.py` draws a scene; `generate.py` writes a
+dataset to disk. The caption parser and the hallucination metrics that read captions back
+live in evaluation (`polymodal.eval.shapes_metrics`).
 
 A compositional split (`comp`, after CLEVR-CoGenT) holds colour-shape pairs (`HELD_OUT`)
 that never occur in the other splits, neither in pixels nor in text.
@@ -20,26 +22,12 @@ that never occur in the other splits, neither in pixels nor in text.
 from __future__ import annotations
 
 import functools
-import json
-import logging
-import math
-import os
 import random
-import re
-import shutil
-import time
 from collections import Counter
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
+from polymodal.data.shapes.render import _box
 
-from polymodal.errors import DataError
-
-log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 # ----------------------------------------------------------------------------------------
 # The world: shapes, colours, sizes, and their words
@@ -116,26 +104,6 @@ ANSWERS = ("yes", "no", *COLORS, *SHAPES, *(str(k) for k in range(9)))
 # Scenes
 # ----------------------------------------------------------------------------------------
 
-def _vertices(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """Polygon of a shape centred at (cx, cy) with half-extent r, rotated by `angle` radians."""
-    if shape == "square":
-        h = 0.85 * r
-        pts = [(-h, -h), (h, -h), (h, h), (-h, h)]
-    elif shape == "diamond":  # a rhombus taller than wide, so it never looks like a turned square
-        pts = [(0, -r), (0.68 * r, 0), (0, r), (-0.68 * r, 0)]
-    elif shape == "triangle":  # equilateral, pointing up, its box centred on (cx, cy)
-        pts = [(0, -r), (0.866 * r, 0.5 * r), (-0.866 * r, 0.5 * r)]
-        pts = [(x, y + 0.25 * r) for x, y in pts]
-    elif shape == "cross":
-        w, a = 0.34 * r, 0.95 * r
-        pts = [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w),
-               (-a, w), (-a, -w), (-w, -w)]
-    else:
-        raise ValueError(f"no polygon for shape {shape!r}")
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
-
-
 def _allowed_combos(split: str) -> list[tuple[str, str]]:
     held = set(HELD_OUT)
     return [(c, s) for c in COLORS for s in SHAPES if (c, s) not in held or split == COMPOSITIONAL_SPLIT]
@@ -191,50 +159,6 @@ def sample_scene(rnd: random.Random, size: int = 64, split: str = "train",
     return {"width": size, "height": size,
             "background": [min(255, max(0, bg + rnd.randint(-8, 8))) for _ in range(3)],
             "objects": objects}
-
-
-SUPERSAMPLE = 2  # objects are drawn at 2x and box-filtered down: anti-aliased edges
-
-
-def _draw(draw: ImageDraw.ImageDraw, o: dict, fill) -> None:
-    """Draw object `o` at SUPERSAMPLE times its scene coordinates."""
-    k = SUPERSAMPLE
-    cx, cy, r = o["center"][0] * k, o["center"][1] * k, o["radius"] * k
-    if o["shape"] == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    else:
-        draw.polygon(_vertices(o["shape"], cx, cy, r, math.radians(o["angle"])), fill=fill)
-
-
-def _box(o: dict, size: int) -> list[int]:
-    """The object's box [x0, y0, x1, y1) in pixels: exactly the pixels its drawing touches."""
-    mask = Image.new("1", (size * SUPERSAMPLE, size * SUPERSAMPLE), 0)
-    _draw(ImageDraw.Draw(mask), o, 1)
-    x0, y0, x1, y1 = mask.getbbox()
-    k = SUPERSAMPLE
-    return [x0 // k, y0 // k, -(-x1 // k), -(-y1 // k)]
-
-
-def render(scene: dict, noise: float = 6.0, seed: Sequence[int] | int = 0) -> Image.Image:
-    """Draw a scene record into an RGB PIL image.
-
-    Args:
-        scene: a record from `sample_scene`.
-        noise: standard deviation (0-255 scale) of the Gaussian pixel noise; 0 for none.
-        seed: seeds the noise (use the image's (seed, index)).
-    """
-    w, h, k = scene["width"], scene["height"], SUPERSAMPLE
-    img = Image.new("RGB", (w * k, h * k), tuple(scene["background"]))
-    draw = ImageDraw.Draw(img)
-    for o in scene["objects"]:
-        _draw(draw, o, tuple(o["rgb"]))
-    img = img.reduce(k)
-    if noise > 0:
-        rng = np.random.default_rng(seed)
-        arr = np.asarray(img, dtype=np.int16)  # (H, W, 3)
-        arr = arr + rng.normal(0.0, noise, size=arr.shape).astype(np.int16)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    return img
 
 
 # ----------------------------------------------------------------------------------------
@@ -549,357 +473,9 @@ def describe(scene: dict, rnd: random.Random, split: str = "train") -> dict:
             "statements": statements(scene, rnd, split), "refs": referring(scene, rnd)}
 
 
-# ----------------------------------------------------------------------------------------
-# Concepts mentioned in a caption (for hallucination metrics such as CHAIR)
-# ----------------------------------------------------------------------------------------
-
-def _word_table(lang: str) -> dict[str, tuple[str, str]]:
-    table = {}
-    for kind, entries in VOCAB.items():
-        for canon, words in entries.items():
-            for w in words[lang]:
-                table[w] = (kind, canon)
-    for w in GENERIC_NOUNS[lang]:
-        table[w] = ("noun", "")
-    return table
-
-
-_EN_WORDS = _word_table("en")
-_ZH_WORDS = _word_table("zh")
-_ZH_PATTERN = re.compile("|".join(sorted(map(re.escape, list(_ZH_WORDS) + list(NUMBERS_ZH.values())
-                                             + ["二", "没有"]), key=len, reverse=True)))
-_EN_NUMBERS = {w: k for k, w in NUMBERS_EN.items()} | {"zero": 0, "single": 1}
-_ZH_NUMBERS = {w: k for k, w in NUMBERS_ZH.items()} | {"二": 2, "没有": 0}
-
-
-def extract_concepts(text: str, lang: str | None = None) -> list[dict]:
-    """Objects a caption mentions, with the attributes and count attached to each.
-
-    "Two red circles and a small square" -> [{"shape": "circle", "color": "red", "size": None,
-    "count": 2}, {"shape": "square", "color": None, "size": "small", "count": None}].
-    Generic nouns ("the red object") give shape None. Count 0 ("no squares") claims absence.
-
-    Args:
-        text: an English or Chinese caption.
-        lang: "en" or "zh"; guessed from the characters when None.
-    """
-    if lang is None:
-        lang = "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
-    if lang == "en":
-        tokens = re.findall(r"[a-z]+", text.lower())
-        table, numbers = _EN_WORDS, _EN_NUMBERS
-    elif lang == "zh":
-        tokens = _ZH_PATTERN.findall(text)
-        table, numbers = _ZH_WORDS, _ZH_NUMBERS
-    else:
-        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
-    mentions, pending = [], {"color": None, "size": None, "count": None}
-    for tok in tokens:
-        if tok in numbers:
-            pending["count"] = numbers[tok]
-            continue
-        kind, canon = table.get(tok, (None, None))
-        if kind in ("color", "size"):
-            pending[kind] = canon
-        elif kind in ("shape", "noun"):
-            mentions.append({"shape": canon or None, **pending})
-            pending = {"color": None, "size": None, "count": None}
-        elif tok not in ("a", "an", "the"):
-            # any other word ends the noun phrase: "red" in "is red and ..." names no object
-            pending = {"color": None, "size": None, "count": None}
-    return mentions
-
-
-def mention_in_scene(mention: dict, scene: dict) -> bool:
-    """Whether some object of the scene has every attribute the mention names (count ignored)."""
-    desc = {k: v for k, v in mention.items() if k in ("shape", "color", "size") and v}
-    return any(_matches(o, desc) for o in scene["objects"])
-
-
 def zh_alphabet() -> list[str]:
     """Every character the Chinese captions of shapes world can contain (for a target tokenizer)."""
     chars = set("图中有个物体形：、和一张的图片在左右边上下方从到依次是。深色背景只")
     for words in list(ZH.values()) + list(NUMBERS_ZH.values()) + list(REL_ZH.values()):
         chars.update(words)
     return sorted(chars)
-
-
-# ----------------------------------------------------------------------------------------
-# Generating a dataset on disk
-# ----------------------------------------------------------------------------------------
-
-DEFAULT_SPLITS = "train=0.8,val=0.05,test=0.1,comp=0.05"
-
-
-def parse_splits(text: str, n: int) -> dict[str, int]:
-    """'train=0.8,val=0.1,test=0.1' (fractions of n) or 'train=4000,val=500' (counts) -> counts.
-
-    Values with a decimal point are fractions (normalised by their sum and rounded so that the
-    counts add up to n; the last split takes the remainder); whole numbers are counts.
-    """
-    parts, fractions = {}, False
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()):
-            raise DataError(f"split {item!r}: write NAME=FRACTION or NAME=COUNT, e.g. train=0.8,val=0.1,test=0.1")
-        try:
-            parts[name.strip()] = float(value)
-            fractions = fractions or "." in value
-        except ValueError:
-            raise DataError(f"split {item!r}: {value!r} is not a number") from None
-    if not parts:
-        raise DataError("no splits given; e.g. --split train=0.8,val=0.1,test=0.1")
-    if any(v < 0 for v in parts.values()):
-        raise DataError(f"splits {text!r}: sizes must not be negative")
-    if fractions:
-        total = sum(parts.values())
-        counts, used = {}, 0
-        names = list(parts)
-        for name in names[:-1]:
-            counts[name] = int(round(n * parts[name] / total))
-            used += counts[name]
-        counts[names[-1]] = max(0, n - used)
-        return counts
-    if not all(v.is_integer() for v in parts.values()):
-        raise DataError(f"splits {text!r}: give all fractions (<= 1) or all whole counts")
-    return {k: int(v) for k, v in parts.items()}
-
-
-def make_example(index: int, seed: int, size: int = 64, split: str = "train", noise: float = 6.0,
-                 min_objects: int = 1, max_objects: int = 6) -> tuple[Image.Image, dict, dict]:
-    """Scene, image and derived text of image `index`; deterministic in (seed, index, split, size)."""
-    rnd = random.Random(f"shapes:{seed}:{index}")
-    scene = sample_scene(rnd, size, split, min_objects, max_objects)
-    image = render(scene, noise=noise, seed=(seed, index))
-    return image, scene, describe(scene, rnd, split)
-
-
-def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dict[str, list[dict]]:
-    """The JSONL records of one image, per task."""
-    iid = str(index)
-    base = {"image_id": iid, "image": image}
-    return {
-        "captions": [{"id": iid, "image": image, "caption": text["captions"][0], "captions": text["captions"],
-                      "captions_zh": text["captions_zh"], "split": split, "scene": scene}],
-        "vqa": [{"id": f"{iid}_q{k}", **base, "question": q["question"], "answers": [q["answer"]],
-                 "question_type": q["question_type"], "answer_type": q["answer_type"]}
-                for k, q in enumerate(text["qa"])],
-        "classify": [{"id": f"{iid}_s{k}", **base, "text": s["text"], "label": s["label"]}
-                     for k, s in enumerate(text["statements"])],
-        "ground": [{"id": f"{iid}_r{k}", **base, "ref": r["ref"], "box": r["box"]}
-                   for k, r in enumerate(text["refs"])],
-        "translate": [{"id": f"{iid}_t{k}", **base, "source": en, "target": zh}
-                      for k, (en, zh) in enumerate(zip(text["captions"], text["captions_zh"]))],
-    }
-
-
-#: The record files the world writes, `{name}_{split}.jsonl`; a task names the one it reads
-#: (`Task.shapes_file`).
-RECORD_FILES = ("captions", "vqa", "classify", "ground", "translate")
-
-
-def _work(args) -> list[tuple[int, dict[str, list[dict]]]]:
-    """Worker: render and write images [start, stop), return their records."""
-    out_dir, start, stop, bounds, seed, size, noise, min_objects, max_objects = args
-    out = []
-    for index in range(start, stop):
-        split = _split_of(bounds, index)
-        image, scene, text = make_example(index, seed, size, split, noise, min_objects, max_objects)
-        rel = f"images/{index:06d}.png"
-        image.save(Path(out_dir) / rel, format="PNG", compress_level=1)
-        out.append((index, _records(index, split, scene, text, rel)))
-    return out
-
-
-def _split_of(bounds: list[tuple[str, int, int]], index: int) -> str:
-    for name, lo, hi in bounds:
-        if lo <= index < hi:
-            return name
-    raise IndexError(index)
-
-
-def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 64,
-             splits: str | dict[str, int] = DEFAULT_SPLITS, noise: float = 6.0, workers: int = 0,
-             min_objects: int = 1, max_objects: int = 6, overwrite: bool = False) -> dict:
-    """Generate a shapes-world dataset in `out` and return its meta record.
-
-    Args:
-        out: directory to write (created; must be empty or a previous shapes output).
-        n: total number of images over all splits.
-        seed: the dataset seed; image i is drawn from (seed, i) alone.
-        size: canvas side in pixels (16-1024; 64 is the default, 224 the largest usual).
-        splits: "train=0.8,val=0.05,test=0.1,comp=0.05" (fractions or counts) or a dict of counts.
-            A split named `comp` is the compositional split (HELD_OUT colour-shape pairs).
-        noise: pixel noise standard deviation (0 = clean).
-        workers: processes that render in parallel (0: one per CPU core, at most 8); the
-            output is identical for any number.
-        min_objects, max_objects: object count range per scene.
-        overwrite: replace the files of an earlier run in `out`.
-    """
-    if not 16 <= size <= 1024:
-        raise DataError(f"--size {size}: choose a canvas side between 16 and 1024 pixels")
-    if not 1 <= min_objects <= max_objects <= 8:
-        raise DataError(f"objects per scene {min_objects}..{max_objects}: need 1 <= min <= max <= 8")
-    counts = parse_splits(splits, n) if isinstance(splits, str) else dict(splits)
-    n = sum(counts.values())
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / "meta.json").is_file() or not overwrite:
-            raise DataError(f"{out}: directory is not empty; choose a new --out"
-                            + (" or pass --overwrite" if (out / "meta.json").is_file() else ""))
-        for name in ("images", "classes"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for f in out.iterdir():
-            if f.is_file():
-                f.unlink()
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    bounds, lo = [], 0
-    for name, k in counts.items():
-        bounds.append((name, lo, lo + k))
-        lo += k
-    chunk = 250
-    workers = workers or min(8, os.cpu_count() or 1)
-    jobs = [(str(out), s, min(s + chunk, n), bounds, seed, size, noise, min_objects, max_objects)
-            for s in range(0, n, chunk)]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
-            results = pool.map(_work, jobs)
-    else:
-        results = [_work(j) for j in jobs]
-    per_split: dict[str, dict[str, list[dict]]] = {name: {t: [] for t in RECORD_FILES} for name in counts}
-    for chunk_out in results:
-        for index, recs in chunk_out:
-            split = _split_of(bounds, index)
-            for task, rs in recs.items():
-                per_split[split][task].extend(rs)
-    t_render = time.perf_counter() - t0
-
-    for split, tasks in per_split.items():
-        for task, rs in tasks.items():
-            _write_jsonl(out / f"{task}_{split}.jsonl", rs)
-        _write_coco(out, split, tasks["captions"], size)
-        _write_vqa(out, split, tasks["vqa"])
-        _write_class_tree(out, split, tasks["captions"])
-    _write_karpathy(out, per_split)
-
-    meta = {
-        "generator": "shapes", "format_version": FORMAT_VERSION, "seed": seed, "n": n, "size": size,
-        "noise": noise, "objects": [min_objects, max_objects], "splits": counts,
-        "held_out": [list(p) for p in HELD_OUT], "compositional_split": COMPOSITIONAL_SPLIT,
-        "shapes": list(SHAPES), "colors": list(COLORS), "sizes": list(SIZES), "answers": list(ANSWERS),
-        "counts": {split: {t: len(rs) for t, rs in tasks.items()} for split, tasks in per_split.items()},
-        "files": {
-            "images": "images/{id:06d}.png",
-            "jsonl": "{task}_{split}.jsonl for task in " + ", ".join(RECORD_FILES),
-            "coco": "coco_captions_{split}.json", "karpathy": "dataset_shapes.json",
-            "vqa": "vqa_{split}_questions.json, vqa_{split}_annotations.json",
-            "folder": "classes/{split}/{shape}/ (single-object scenes, labelled by shape)",
-        },
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-    log.info("shapes: %d images (%dpx) in %s: %.1fs rendering, %.1fs total", n, size, out, t_render,
-             time.perf_counter() - t0)
-    return meta
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-
-def _write_coco(out: Path, split: str, caps: list[dict], size: int) -> None:
-    """Official COCO captions format (captions_train2014.json), file_name relative to the json."""
-    images, anns = [], []
-    for r in caps:
-        iid = int(r["id"])
-        images.append({"id": iid, "file_name": r["image"], "width": size, "height": size})
-        for k, c in enumerate(r["captions"]):
-            anns.append({"id": iid * 10 + k, "image_id": iid, "caption": c})
-    doc = {"info": {"description": f"shapes world, {split} split", "version": str(FORMAT_VERSION)},
-           "licenses": [], "type": "captions", "images": images, "annotations": anns}
-    (out / f"coco_captions_{split}.json").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-
-
-def _write_karpathy(out: Path, per_split: dict) -> None:
-    """Karpathy-style split file (dataset_coco.json layout): every image with its split and sentences."""
-    images = []
-    for split, tasks in per_split.items():
-        for r in tasks["captions"]:
-            iid = int(r["id"])
-            folder, _, name = r["image"].rpartition("/")
-            sents = [{"raw": c, "tokens": re.findall(r"[a-z0-9]+", c.lower()), "imgid": iid, "sentid": iid * 10 + k}
-                     for k, c in enumerate(r["captions"])]
-            images.append({"filepath": folder, "filename": name, "imgid": iid, "cocoid": iid,
-                           "split": split, "sentids": [s["sentid"] for s in sents], "sentences": sents})
-    (out / "dataset_shapes.json").write_text(json.dumps({"dataset": "shapes", "images": images}, separators=(",", ":"),
-                                                        ensure_ascii=False))
-
-
-def _write_vqa(out: Path, split: str, qas: list[dict]) -> None:
-    """VQAv2 question and annotation files; every question has 10 (identical, exact) answers."""
-    questions_, anns = [], []
-    for r in qas:
-        iid, k = int(r["image_id"]), int(r["id"].rpartition("_q")[2])
-        qid = iid * 1000 + k
-        questions_.append({"image_id": iid, "question": r["question"], "question_id": qid})
-        a = r["answers"][0]
-        anns.append({"question_id": qid, "image_id": iid, "question_type": r["question_type"],
-                     "answer_type": r["answer_type"], "multiple_choice_answer": a,
-                     "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)]})
-    common = {"info": {"description": f"shapes world, {split} split"}, "license": {},
-              "data_type": "shapes", "data_subtype": split,
-              # not in VQAv2 itself: tells our reader where the images are (relative to this file)
-              "image_pattern": "images/{image_id:06d}.png"}
-    (out / f"vqa_{split}_questions.json").write_text(json.dumps(
-        {**common, "task_type": "OpenEnded", "questions": questions_}, ensure_ascii=False, separators=(",", ":")))
-    (out / f"vqa_{split}_annotations.json").write_text(json.dumps({**common, "annotations": anns}, ensure_ascii=False, separators=(",", ":")))
-
-
-def _write_class_tree(out: Path, split: str, caps: list[dict]) -> None:
-    """classes/{split}/{shape}/NNNNNN.png for the single-object scenes (hard links where possible)."""
-    for r in caps:
-        objs = r["scene"]["objects"]
-        if len(objs) != 1:
-            continue
-        dst = out / "classes" / split / objs[0]["shape"] / Path(r["image"]).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(out / r["image"], dst)
-        except OSError:
-            shutil.copyfile(out / r["image"], dst)
-
-
-def preview(out_png: str | os.PathLike, n: int = 8, seed: int = 0, size: int = 64, split: str = "train",
-            columns: int = 4) -> None:
-    """Save a PNG grid of `n` generated scenes with their first English caption under each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import textwrap
-
-    rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for index, ax in zip(range(n), axes.flat):
-        image, scene, text = make_example(index, seed, size, split)
-        ax.imshow(image, interpolation="nearest")
-        qa = text["qa"][index % len(text["qa"])]  # a different kind of question under each
-        ax.set_title("\n".join(textwrap.wrap(text["captions"][0], 34)) + f"\nQ: {qa['question']}\nA: {qa['answer']}",
-                     fontsize=7.5, loc="left")
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-__all__ = ["SHAPES", "COLORS", "SIZES", "VOCAB", "HELD_OUT", "ANSWERS", "COMPOSITIONAL_SPLIT",
-           "sample_scene", "render", "captions", "questions", "statements", "referring", "describe",
-           "extract_concepts", "mention_in_scene", "zh_alphabet", "make_example", "generate", "preview",
-           "parse_splits"]
