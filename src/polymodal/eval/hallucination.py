@@ -125,19 +125,27 @@ def chair_metrics(captions: Mapping[Hashable, str] | Sequence[str],
         recalled += len(truth["object"] & {c for kind, c in said if kind == "object"})
         in_scene += len(truth["object"])
 
-    def share(num: int, den: int) -> float:
-        return num / den if den else 0.0
-
-    total = sum(mentions.values())
-    out = {"chair_i": share(sum(hallucinated.values()), total),
-           "chair_s": bad_captions / len(caps),
-           "chair_i_object": share(hallucinated["object"], mentions["object"])}
+    chair = chair_scores(len(caps), sum(mentions.values()), sum(hallucinated.values()), bad_captions, in_scene,
+                         recalled)
+    out = {"chair_i": chair["chair_i"], "chair_s": chair["chair_s"],
+           "chair_i_object": _share(hallucinated["object"], mentions["object"])}
     if lexicon.has_attributes:
-        out["chair_i_attribute"] = share(hallucinated["attribute"], mentions["attribute"])
-    out["object_recall"] = share(recalled, in_scene)
-    out["n"] = float(len(caps))
-    out["n_mentions"] = float(total)
-    return out
+        out["chair_i_attribute"] = _share(hallucinated["attribute"], mentions["attribute"])
+    return {**out, **{k: chair[k] for k in ("object_recall", "n", "n_mentions")}}
+
+
+def chair_scores(n_captions: int, n_mentions: int, n_hallucinated: int, n_bad_captions: int, n_objects: int,
+                 n_recalled: int) -> dict[str, float]:
+    """CHAIR from the counts, however the mentions were read (a vocabulary here, the shapes-world
+    parser with bound attributes in `shapes_metrics`): CHAIR-i = hallucinated / all mentions,
+    CHAIR-s = captions with a hallucination / captions, object recall = scene objects mentioned /
+    scene objects. A ratio with nothing to count is 0."""
+    return {"chair_i": _share(n_hallucinated, n_mentions), "chair_s": _share(n_bad_captions, n_captions),
+            "object_recall": _share(n_recalled, n_objects), "n": float(n_captions), "n_mentions": float(n_mentions)}
+
+
+def _share(num: int, den: int) -> float:
+    return num / den if den else 0.0
 
 
 @METRICS.register("chair")

@@ -2,9 +2,11 @@
 attributes bound to objects, and object recall, checked against each image's exact scene record.
 
 A mention is an object phrase of a caption with the attributes attached to it ("a small red
-circle" -> shape circle, colour red, size small). It is hallucinated when no object of the scene
-has every attribute the mention names — stricter than the generic CHAIR, which checks attributes
-against the scene as a bag. Counts ("two circles") are scored apart as count accuracy.
+circle" -> shape circle, colour red, size small), read by the caption parser below. It is
+hallucinated when no object of the scene has every attribute the mention names — stricter than
+the generic CHAIR, which checks attributes against the scene as a bag. The scores themselves are
+the one CHAIR of `polymodal.eval.hallucination` (`chair_scores`). Counts ("two circles") are
+scored apart as count accuracy.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Mapping, Sequence
 
 from polymodal.data.shapes.world import GENERIC_NOUNS, NUMBERS_EN, NUMBERS_ZH, VOCAB
 from polymodal.eval._common import Metric
+from polymodal.eval.hallucination import chair_scores
 from polymodal.registry import METRICS
 
 
@@ -115,8 +118,7 @@ class ShapesChair(Metric):
                     true = sum(all(o.get(k) == v for k, v in desc.items()) for o in scene["objects"])
                     n_counts += 1
                     n_counts_ok += true == m["count"]
-        n = len(captions)
-        return {"chair_i": n_bad / max(n_mentions, 1), "chair_s": n_caps_bad / max(n, 1),
-                "object_recall": n_recalled / max(n_objects, 1),
+        chair = chair_scores(len(captions), n_mentions, n_bad, n_caps_bad, n_objects, n_recalled)
+        return {**{k: chair[k] for k in ("chair_i", "chair_s", "object_recall")},
                 "count_accuracy": n_counts_ok / n_counts if n_counts else float("nan"),
-                "n_mentions": float(n_mentions), "n": float(n)}
+                "n_mentions": chair["n_mentions"], "n": chair["n"]}

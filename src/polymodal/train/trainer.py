@@ -71,7 +71,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     ckpt = Checkpointer(r.run, r.setup, r.processor, acc, cfg.task, cfg.checkpointing.keep_last)
     model, optimizer, state, rng = ckpt.prepare(r.model, optimizer, scheduler, r.resume_from)
     frozen = frozen_modules(r.setup.base)
-    log_ = _Log(r.run.path, state.step if r.resume_from else None, cfg, acc, r.total_steps, state.step)
+    logbook = _Log(r.run.path, state.step if r.resume_from else None, cfg, acc, r.total_steps, state.step)
     val_every = cfg.validation.every or cfg.checkpointing.every
     global_batch = opt.batch_size * acc.num_processes * opt.grad_accum
     last_ckpt, stopped, grad_norm = r.resume_from, False, 0.0
@@ -90,7 +90,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
                     grad_norm = acc.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            log_.add(logs)
+            logbook.add(logs)
             state.micro_in_epoch += 1
             if not acc.sync_gradients:
                 continue
@@ -98,27 +98,27 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
                 scheduler.step()
             state.step += 1
             state.samples += global_batch
-            log_.step(state, scheduler.get_last_lr()[0], grad_norm if opt.clip_grad_norm else None, global_batch)
+            logbook.step(state, scheduler.get_last_lr()[0], grad_norm if opt.clip_grad_norm else None, global_batch)
             at_end = state.step >= r.total_steps
-            with log_.aside():  # samples/s counts training time only
+            with logbook.aside():  # samples/s counts training time only
                 # ---- evaluate ---------------------------------------------------------------------
                 if r.val_set is not None and (at_end or (val_every and state.step % val_every == 0)):
                     stopped = _validate(r, model if ckpt.sharded else acc.unwrap_model(model), ckpt, state,
-                                        frozen, log_)
+                                        frozen, logbook)
                 # ---- checkpoint -------------------------------------------------------------------
                 if at_end or stopped or (cfg.checkpointing.every and state.step % cfg.checkpointing.every == 0):
                     last_ckpt = ckpt.save(state.step, model, optimizer, scheduler, state)
-                    log_.flush()
+                    logbook.flush()
             if at_end or stopped:
                 break
         else:  # the epoch ran out
             state.epoch += 1
             state.micro_in_epoch = 0
 
-    log_.close()
+    logbook.close()
     best = r.run.path / "best"
     return TrainResult(r.run.path, state.step, last_ckpt, best if best.is_dir() else None, state.best_value,
-                       stopped, list(log_.metrics.rows))
+                       stopped, list(logbook.metrics.rows))
 
 
 # ------------------------------------------------------------------------------------- set up
@@ -270,14 +270,14 @@ def _train_mode(model, frozen) -> None:
         m.eval()
 
 
-def _validate(r: PreparedRun, model, ckpt: Checkpointer, state: TrainState, frozen, log_: "_Log") -> bool:
+def _validate(r: PreparedRun, model, ckpt: Checkpointer, state: TrainState, frozen, logbook: "_Log") -> bool:
     """Validation values into the log; a better one writes best/. True when training should stop early."""
     cfg = r.cfg
     values = evaluate_objectives(model, r.objectives, r.val_set, r.collate, r.accelerator,
                                  limit=cfg.data.max_val_samples, batch_size=cfg.validation.batch_size or cfg.optim.batch_size,
                                  seed=cfg.seed, equal_shards=ckpt.sharded)
     _train_mode(model, frozen)
-    log_.validation(state.step, values)
+    logbook.validation(state.step, values)
     best_key, value = cfg.checkpointing.best_metric, values[cfg.checkpointing.best_metric]
     if state.improves(value, cfg.checkpointing.mode):
         state.best_value, state.best_step, state.bad_validations = value, state.step, 0
