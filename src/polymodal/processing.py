@@ -30,8 +30,37 @@ _CJK_SPACE = re.compile(r"(?<=[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]) (?=[\u3
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
+def to_pixel_values(arrays: Sequence[np.ndarray], table: np.ndarray, channels_last: bool = False) -> torch.Tensor:
+    """Uint8 images (each (H, W, 3), one size) -> pixel values (B, 3, H, W) float32.
+
+    A uint8 pixel has 256 values, so rescaling and normalising is a per-channel lookup `table`
+    (3, 256): one gather per channel. Every batched image processor of polymodal (its own, and
+    the mirror of Hugging Face processors in `polymodal.infer.hf_images`) ends here; they differ
+    in how they resize and in the arithmetic that fills the table.
+
+    Args:
+        channels_last: keep the images' (H, W, 3) memory order under the (B, 3, H, W) view, as
+            polymodal's own towers always received it (the convolution kernels, and so the last
+            bits of their outputs, depend on the memory format); else contiguous channels-first.
+    """
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images of different sizes after resizing ({sorted(shapes)}); "
+                         "this processor needs a fixed output size")
+    x = np.stack(arrays)  # (B, H, W, 3) uint8
+    if channels_last:
+        out = np.empty(x.shape, dtype=np.float32)  # (B, H, W, 3)
+        for c in range(3):
+            np.take(table[c], x[..., c], out=out[..., c])
+        return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last memory
+    out = np.empty((x.shape[0], 3) + x.shape[1:3], dtype=np.float32)  # (B, 3, H, W)
+    for c in range(3):
+        np.take(table[c], x[..., c], out=out[:, c])
+    return torch.from_numpy(out)
+
+
 class ImageProcessor:
-    """Resize (+ optional centre crop) with PIL, then normalise a whole batch at once in torch.
+    """Resize (+ optional centre crop) with PIL, then normalise a whole batch at once.
 
     Args:
         image_size: output side S.
@@ -45,10 +74,11 @@ class ImageProcessor:
                  resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"):
         self.image_size, self.resize, self.resample = image_size, resize, resample
         self.mean, self.std = list(mean), list(std)
-        # Fold /255 and normalisation into one affine map: x * scale + shift, per channel.
+        # Fold /255 and normalisation into one affine map x * scale + shift per channel, in
+        # float32, and tabulate it for the 256 pixel values: (3, 256).
         m, s = torch.tensor(self.mean), torch.tensor(self.std)
-        self._scale = (1.0 / (255.0 * s)).view(1, 3, 1, 1)
-        self._shift = (-m / s).view(1, 3, 1, 1)
+        scale, shift = (1.0 / (255.0 * s)).view(3, 1), (-m / s).view(3, 1)
+        self.table = (torch.arange(256, dtype=torch.float32).view(1, 256) * scale + shift).numpy()
 
     def export_spec(self) -> dict:
         return {"image_size": self.image_size, "mean": self.mean, "std": self.std,
@@ -69,9 +99,8 @@ class ImageProcessor:
         return np.asarray(img, dtype=np.uint8)
 
     def __call__(self, images: Sequence[Any]) -> torch.Tensor:
-        arr = np.stack([self.resize_one(im) for im in images])         # (B, S, S, 3) uint8
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()            # (B, 3, S, S)
-        return x * self._scale + self._shift
+        """Images (paths, PIL images, arrays, bytes) -> pixel values (B, 3, S, S) float32."""
+        return to_pixel_values([self.resize_one(im) for im in images], self.table, channels_last=True)
 
 
 class Processor:

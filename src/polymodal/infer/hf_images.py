@@ -1,4 +1,5 @@
-"""A batched stand-in for a Hugging Face image processor (the common resize/crop/normalise kind).
+"""A batched stand-in for a Hugging Face image processor (the common resize/crop/normalise kind),
+built on polymodal's one batched normalisation (`polymodal.processing.to_pixel_values`).
 
 Hugging Face's PIL-backend processors handle each image alone: numpy round trips, a channel
 transpose, a float64 rescale and a normalise per image. Here only the resize is per image
@@ -75,21 +76,10 @@ class TensorImageProcessor:
                    mean=mean, std=std)
 
     def __call__(self, images: Sequence) -> "torch.Tensor":  # noqa: F821
-        """RGB PIL images -> pixel values (B, 3, H, W) float32."""
-        import torch
+        """RGB PIL images -> pixel values (B, 3, H, W) float32 (`polymodal.processing.to_pixel_values`)."""
+        from polymodal.processing import to_pixel_values
 
-        arrays = [self._resize_crop(img) for img in images]  # each (H, W, 3) uint8
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"images of different sizes after resizing ({sorted(shapes)}); "
-                             "this processor needs a fixed output size")
-        x = np.stack(arrays)  # (B, H, W, 3) uint8
-        # A uint8 pixel has 256 values, so rescale + normalise is a per-channel lookup table:
-        # one gather per channel, straight into channels-first layout.
-        out = np.empty((x.shape[0], 3) + x.shape[1:3], dtype=np.float32)  # (B, 3, H, W)
-        for c in range(3):
-            np.take(self.lut[c], x[..., c], out=out[:, c])
-        return torch.from_numpy(out)
+        return to_pixel_values([self._resize_crop(img) for img in images], self.lut)
 
     def _lookup_table(self) -> np.ndarray:
         """(3, 256) float32: pixel value -> output, with transformers' arithmetic (rescale in
