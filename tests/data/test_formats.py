@@ -15,6 +15,7 @@ from polymodal.data import open_dataset, parse_spec
 from polymodal.data.formats import guess_format
 from polymodal.data.tools import shard, stats, validate
 from polymodal.errors import ConfigError, DataError
+from polymodal.tasks import get_task
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -200,7 +201,7 @@ def test_field_mapping_and_relative_images(tmp_path):
 def test_validate_reports_each_kind_of_bad_record(tmp_path):
     path = _user_dataset(tmp_path)
     spec = {"format": "jsonl", "path": str(path), "fields": {"image": "pic", "caption": "txt", "box": "bbox"}}
-    report = validate(spec, task="caption")
+    report = validate(spec, task=get_task("caption"))
     assert report["records"] == 7 and report["ok"] == 1 and report["bad"] == 6
     assert report["problems"] == {"missing image": 1, "unreadable image": 1, "empty text": 1,
                                   "bad field": 1, "unreadable record": 1, "missing field": 1}
@@ -208,11 +209,11 @@ def test_validate_reports_each_kind_of_bad_record(tmp_path):
     assert where == ["2", "3", "4", "5", "6", "7"]
     assert "missing.png" in report["first"][0]["problem"]
     assert "outside the 10x8 image" in report["first"][3]["problem"]
-    assert validate(spec, task="caption", max_errors=2)["first"][1]["where"].endswith(":3")
+    assert validate(spec, task=get_task("caption"), max_errors=2)["first"][1]["where"].endswith(":3")
 
 
 def test_validate_and_stats_on_the_generated_world(shapes_dir):
-    report = validate(f"shapes:{shapes_dir}:ground:train", task="ground")
+    report = validate(f"shapes:{shapes_dir}:ground:train", task=get_task("ground"))
     assert report["bad"] == 0 and report["records"] > 120 and report["images"] == 120
     s = stats(f"shapes:{shapes_dir}:vqa", split="train")
     recs = _jsonl(shapes_dir / "vqa_train.jsonl")

@@ -79,9 +79,10 @@ def validate(
 ):
     """Check every record: missing or unreadable images, empty text, bad fields. Exit 1 if any is bad."""
     from polymodal.data.tools import validate as run
+    from polymodal.tasks import get_task
 
     try:
-        report = run(spec, split=split, task=task, decode=decode, max_errors=max_errors)
+        report = run(spec, split=split, task=get_task(task) if task else None, decode=decode, max_errors=max_errors)
     except PolymodalError as exc:
         _fail(exc)
     lines = [f"{report['spec']}: {report['records']} records, {report['ok']} ok, {report['bad']} bad "

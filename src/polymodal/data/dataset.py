@@ -204,7 +204,8 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rnd: random.Random) -> Iter
     yield from buf
 
 
-def build_dataset(spec, split: str | None = None, shapes_file: str | None = None, **kwargs) -> RecordDataset | StreamDataset:
+def build_dataset(spec, split: str | None = None, shapes_file: str | None = None,
+                  **kwargs) -> RecordDataset | StreamDataset:
     """Open a dataset spec as a torch dataset: map-style, or streamed for WebDataset shards.
 
     Args:

@@ -52,3 +52,14 @@ def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
         if key in rec and isinstance(rec[key], int) and not isinstance(rec[key], bool):
             rec[key] = str(rec[key])
     return rec
+
+
+def missing_fields(rec: dict[str, Any], fields: tuple) -> list[str]:
+    """The `fields` that `rec` lacks, as readable names; a tuple inside means "one of these"
+    (a task's `fields`, e.g. ("image", ("caption", "captions")))."""
+    out = []
+    for need in fields:
+        names = need if isinstance(need, tuple) else (need,)
+        if not any(rec.get(n) not in (None, "", []) for n in names):
+            out.append(" or ".join(names))
+    return out

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from polymodal.data.fields import TEXT_FIELDS
+from polymodal.data.fields import TEXT_FIELDS, missing_fields
 from polymodal.data.formats import Entry, open_dataset, record_to_json
 from polymodal.data.images import MAX_PIXELS, load_image
 from polymodal.errors import ConfigError, DataError
@@ -22,16 +22,18 @@ from polymodal.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def check_record(rec: dict, task: str | None = None) -> list[tuple[str, str]]:
+def check_record(rec: dict, task=None) -> list[tuple[str, str]]:
     """Problems of one record, without touching its image: [(kind, message)].
 
     Kinds: "missing field", "empty text", "bad field".
+
+    Args:
+        task: also require the fields of this task (a `polymodal.tasks.Task`: its `name`, `fields`).
     """
     problems = []
     if task is not None:
-        from polymodal.tasks import missing_fields  # the task owns which fields it needs
-
-        problems += [("missing field", f"no {name} (needed for {task})") for name in missing_fields(rec, task)]
+        problems += [("missing field", f"no {name} (needed for {task.name})")
+                     for name in missing_fields(rec, task.fields)]
     for key in TEXT_FIELDS:
         if key in rec:
             v = rec[key]
@@ -64,14 +66,14 @@ def check_record(rec: dict, task: str | None = None) -> list[tuple[str, str]]:
     return problems
 
 
-def validate(spec, split: str | None = None, task: str | None = None, decode: bool = True,
+def validate(spec, split: str | None = None, task=None, decode: bool = True,
              max_errors: int = 10, max_pixels: int = MAX_PIXELS) -> dict:
     """Check every record of a spec; return counts and the first offending records.
 
     Args:
         spec: a dataset spec (see polymodal.data.formats).
         split: which split.
-        task: also require the fields of this registered task (or its alias: caption, classify, ...).
+        task: also require the fields of this task (a `polymodal.tasks.Task`, e.g. `get_task("vqa")`).
         decode: decode every image (else only check the files exist).
         max_errors: how many offending records to list.
         max_pixels: the decompression-bomb limit used for decoding.
@@ -80,10 +82,6 @@ def validate(spec, split: str | None = None, task: str | None = None, decode: bo
         {"spec", "records", "ok", "bad", "problems": {kind: count}, "first": [{"where", "problem"}],
          "images": distinct images checked}
     """
-    if task is not None:
-        from polymodal.tasks import get_task
-
-        get_task(task)  # an unknown task is an error naming the known ones
     reader = open_dataset(spec, split)
     seen: dict[str, str | None] = {}  # image path -> problem (None when fine)
     kinds: Counter = Counter()

@@ -240,16 +240,6 @@ def task_of_method(method: str) -> Task | None:
     return None
 
 
-def missing_fields(record: dict, task: str) -> list[str]:
-    """The fields of `task` that `record` lacks, as readable names ("caption or captions")."""
-    out = []
-    for need in get_task(task).fields:
-        names = need if isinstance(need, tuple) else (need,)
-        if not any(record.get(n) not in (None, "", []) for n in names):
-            out.append(" or ".join(names))
-    return out
-
-
 def batched(fn: Callable[[list, list], list], records: list[dict], batch_size: int) -> list:
     """`fn(images, records)` over `records` in chunks of `batch_size`; the outputs concatenated."""
     out: list = []
