@@ -196,8 +196,7 @@ def _evaluations(out: Path, b: Budget) -> list[dict]:
 
 
 def _run_evals(evals: list[dict]) -> None:
-    from polymodal.eval.cli import finite
-    from polymodal.eval.run import evaluate
+    from polymodal.eval.run import evaluate, finite
 
     for e in evals:
         res = evaluate(e["task"], str(Path(e["out"]).parents[1] / "data"), model=str(e["model"]), split=e["split"],

@@ -17,7 +17,7 @@ from PIL import Image
 
 from polymodal.data.images import load_image
 from polymodal.errors import CheckpointError
-from polymodal.models._hf import PACKAGED, resolve_pretrained
+from polymodal.pretrained import PACKAGED, resolve_pretrained
 from polymodal.registry import check_kwargs
 
 #: ImageNet statistics (most HF vision towers) and CLIP's, for reference in recipes.

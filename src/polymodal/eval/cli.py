@@ -27,7 +27,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              batch_size: int = typer.Option(32, "--batch-size"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
-    from polymodal.eval.run import evaluate, write_predictions
+    from polymodal.eval.run import evaluate, finite, write_predictions
     from polymodal.tasks import get_task
 
     try:
@@ -67,14 +67,3 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4f}"
     return str(v)
-
-
-def finite(obj):
-    """NaN/inf -> None, recursively, so the JSON we write is valid JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj

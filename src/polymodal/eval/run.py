@@ -19,6 +19,7 @@ Prediction files (`--predictions PRED.jsonl`), one JSON object per line, keyed l
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,14 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     if keep_predictions and task.prediction_key is not None:
         result["predictions"] = preds
     return result
+
+
+def finite(obj):
+    """NaN/inf -> None, recursively, so the JSON we write is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

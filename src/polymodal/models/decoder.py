@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from polymodal.models._hf import from_pretrained
+from polymodal.pretrained import from_pretrained
 from polymodal.models.base import Component
 from polymodal.registry import DECODERS
 

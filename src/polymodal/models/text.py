@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from polymodal.models._hf import from_pretrained
+from polymodal.pretrained import from_pretrained
 from polymodal.models.base import Component, Features, masked_mean
 from polymodal.registry import TEXT
 

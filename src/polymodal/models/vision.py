@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polymodal.models._hf import from_pretrained
+from polymodal.pretrained import from_pretrained
 from polymodal.models.base import Component, Features
 from polymodal.registry import VISION
 

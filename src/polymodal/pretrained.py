@@ -1,4 +1,5 @@
-"""Plumbing shared by the Hugging Face wrappers: resolving packaged model names, offline loading."""
+"""Pretrained weights offline: resolving packaged model names (pip packages that carry a Hugging
+Face folder) and local folders, and loading them with `from_pretrained` without the hub."""
 from __future__ import annotations
 
 from pathlib import Path
