@@ -61,6 +61,7 @@ def _run_items(items: list[dict], key: str, fn: Callable[[list], list], batch_si
     in batches; returns rows in input order."""
     from polymodal.data.images import load_image
     from polymodal.errors import DataError
+    from polymodal.infer.inputs import chunks
 
     rows: list[dict] = []
     good: list[tuple[int, object]] = []
@@ -70,8 +71,7 @@ def _run_items(items: list[dict], key: str, fn: Callable[[list], list], batch_si
             rows.append(dict(it))
         except DataError as exc:
             rows.append({**it, "error": str(exc)})
-    for start in range(0, len(good), batch_size):
-        chunk = good[start:start + batch_size]
+    for chunk in chunks(good, batch_size):
         try:
             results = fn([g for _, g in chunk], [items[i] for i, _ in chunk])
             for (i, _), res in zip(chunk, results):

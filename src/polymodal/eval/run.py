@@ -2,8 +2,8 @@
 
 The task (`polymodal.tasks`) turns records + a loaded model into predictions (`Task.predict`)
 and predictions + records into metrics (`Task.score`, with the registered metrics of
-polymodal.eval.metrics). The same functions serve the CLI, the Python API and validation
-during training.
+polymodal.eval.metrics). The same functions serve the CLI and the Python API; validation during
+training averages the objectives' values instead (`polymodal.train.trainer.evaluate_objectives`).
 
 Prediction files (`--predictions PRED.jsonl`), one JSON object per line, keyed like the data
 (each task's `id_key` and `prediction_key`):

@@ -2,8 +2,8 @@
 inference protocol of native and Hugging Face models (their defaults, `GenerationOptions`).
 
 A `LoadedModel` carries its pre-processing. Task methods it does not support raise
-`UnsupportedTaskError` with a sentence a user understands. The CLI and the HTTP server are
-thin layers over these objects, never a second implementation.
+`UnsupportedTaskError` with a sentence a user understands. The CLI is a thin layer over these
+objects, never a second implementation.
 """
 from __future__ import annotations
 

@@ -242,9 +242,10 @@ def task_of_method(method: str) -> Task | None:
 
 def batched(fn: Callable[[list, list], list], records: list[dict], batch_size: int) -> list:
     """`fn(images, records)` over `records` in chunks of `batch_size`; the outputs concatenated."""
+    from polymodal.infer.inputs import chunks
+
     out: list = []
-    for i in range(0, len(records), batch_size):
-        chunk = records[i:i + batch_size]
+    for chunk in chunks(records, batch_size):
         out += fn([r["image"] for r in chunk], chunk)
     return out
 
