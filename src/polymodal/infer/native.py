@@ -14,6 +14,7 @@ from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_S
 from polymodal.models.families import FusionEncoder
 from polymodal.tasks import get_task, offered_methods
 
+
 class NativeModel(LoadedModel):
     """A polymodal model + processor with the task methods its model offers (`polymodal.tasks`:
     each task says which models run it and what a checkpoint trained for it is).

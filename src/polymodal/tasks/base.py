@@ -10,7 +10,7 @@ you add) owns every task-specific decision of the package:
 | batch layout per family     | `collators`, `collator()`       | the trainer                      |
 | classifier outputs          | `labels()`                      | the trainer (fusion classifiers) |
 | default losses per family   | `objectives`, `default_objectives()` | the trainer                 |
-| predictions of a model      | `predict()`                     | `polymodal eval`, validation     |
+| predictions of a model      | `predict()`                     | `polymodal eval`                 |
 | metrics                     | `score()`                       | `polymodal eval`                 |
 | prediction-file line        | `id_key`, `prediction_key`      | `eval --predictions/--save-predictions` |
 | the loaded-model method     | `method`, `offered_by()`, `run()` | `polymodal.load(...)`          |
@@ -47,9 +47,10 @@ class Task:
         aliases: other names accepted for it (the collators' short names: "caption", ...).
         fields: record fields a record needs for this task; a tuple inside means "one of".
         shapes_file: the shapes-world record file it reads (`{shapes_file}_{split}.jsonl`).
-        collators: model family -> collator: a name of `polymodal.data.collate.COLLATORS`
-            or a `Collator` subclass of the task's own ("*": any other family). A family named here is one the task trains, besides the
-            families that list the task themselves (`tasks` of polymodal.models.families).
+        collators: model family -> collator: a name of `polymodal.data.collate.COLLATORS` or a
+            `Collator` subclass of the task's own ("*": any other family). A family named here is
+            one the task trains, besides the families that list the task themselves (`tasks` of
+            polymodal.models.families).
         objectives: model family -> default objective specs (`[{"type": "lm"}]`); "*": any.
         prediction_key: the value key of a prediction-file line (None: no prediction file).
         id_key: the id key of a prediction-file line.
