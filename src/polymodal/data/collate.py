@@ -58,6 +58,9 @@ class Collator:
     task = ""
     #: the constructor argument that takes a model's class / answer names as a Vocab (None: none)
     vocab_arg: str | None = None
+    #: records of one image (same `image_id`) share one row of `pixel_values`; `image_index` (B,)
+    #: maps each record to its row. The model encodes each image once (`image_index` in forward).
+    share_images: bool = False
 
     def __init__(self, processor, max_length: int | None = None):
         self.processor, self.max_length = processor, max_length
@@ -68,7 +71,13 @@ class Collator:
             return None
         batch: dict[str, Any] = {"ids": [str(x.get("id", "")) for x in items]}
         images = [x.get("image") for x in items]
-        if all(im is not None for im in images):
+        keys = [x.get("image_id") for x in items]
+        if self.share_images and all(im is not None for im in images) and all(k is not None for k in keys):
+            rows = {k: r for r, k in enumerate(dict.fromkeys(keys))}        # first-seen order
+            first = {k: im for k, im in reversed(list(zip(keys, images)))}
+            batch["pixel_values"] = self.processor.process_images([first[k] for k in rows])  # (Bi, 3, H, W)
+            batch["image_index"] = torch.tensor([rows[k] for k in keys], dtype=torch.long)  # (B,)
+        elif all(im is not None for im in images):
             batch["pixel_values"] = self.processor.process_images(images)  # (B, 3, H, W)
         elif any(im is not None for im in images):
             raise DataError("a batch mixes records with and without images; give every record an image or none")
@@ -97,6 +106,59 @@ def image_id_tensor(ids: Sequence[str]) -> torch.Tensor:
                         dtype=torch.long)
 
 
+def _image_size(image) -> tuple[int, int]:
+    """(width, height) of a decoded image (PIL, or an H x W (x C) array)."""
+    if hasattr(image, "size") and not hasattr(image, "shape"):
+        return image.size
+    return image.shape[1], image.shape[0]
+
+
+def _centre(box, size: tuple[int, int], where: str) -> tuple[float, float]:
+    """Centre of a pixel box [x0, y0, x1, y1] as fractions of the image's (width, height)."""
+    if not (isinstance(box, (list, tuple)) and len(box) == 4):
+        raise DataError(f"{where}: a box is [x0, y0, x1, y1] in pixels, got {box!r}")
+    (x0, y0, x1, y1), (w, h) = box, size
+    return (x0 + x1) / 2 / w, (y0 + y1) / 2 / h
+
+
+def object_annotations(items: list[dict]) -> dict[str, Any]:
+    """Batch keys for object-level supervision, from the records that carry it.
+
+    * `question_objects` (GQA-style: for each object phrase of the question, in the order it is
+      named, the boxes of the image objects it refers to) -> `hop_points` (B, K, M, 2) box centres
+      as fractions of the image, `hop_points_mask` (B, K, M), `hop_present` (B, K): what the
+      `hop_attention` objective needs. A phrase that refers to nothing (an absent object) is a
+      present hop with no points.
+    * `objects` ([{"box": [...], attribute: value, ...}] for every object of the image) ->
+      `objects`: per item, [{"point": (x, y), attribute: value, ...}] for the
+      `object_attributes` objective (which maps values to the model's classes).
+
+    Records without these fields give nothing (or empty entries when others in the batch have them).
+    """
+    out: dict[str, Any] = {}
+    sizes = [_image_size(x["image"]) if x.get("image") is not None else None for x in items]
+    if any(x.get("question_objects") is not None for x in items):
+        hops = [x.get("question_objects") or [] for x in items]
+        k = max(len(h) for h in hops)
+        m = max([len(p) for h in hops for p in h] + [1])
+        points = torch.zeros(len(items), k, m, 2)
+        mask = torch.zeros(len(items), k, m, dtype=torch.bool)
+        present = torch.zeros(len(items), k, dtype=torch.bool)
+        for b, (h, x) in enumerate(zip(hops, items)):
+            for j, boxes in enumerate(h):
+                present[b, j] = True
+                for i, box in enumerate(boxes):
+                    points[b, j, i] = torch.tensor(_centre(box, sizes[b], f"record {x.get('id')!r} question_objects"))
+                    mask[b, j, i] = True
+        out.update(hop_points=points, hop_points_mask=mask, hop_present=present)
+    if any(x.get("objects") is not None for x in items):
+        out["objects"] = [
+            [{**{a: v for a, v in o.items() if a != "box"},
+              "point": _centre(o.get("box"), sizes[b], f"record {x.get('id')!r} objects")} for o in x.get("objects") or []]
+            for b, x in enumerate(items)]
+    return out
+
+
 class PairCollator(Collator):
     """Image-text pairs for contrastive (ITC) and matching (ITM) pretraining and retrieval.
 
@@ -114,7 +176,8 @@ class PairCollator(Collator):
     def collate(self, items):
         texts = [pick_caption(x, self.field) for x in items]
         return {**self._tokens(texts), "texts": texts,
-                "image_ids": image_id_tensor([str(x.get("image_id", x.get("id", ""))) for x in items])}
+                "image_ids": image_id_tensor([str(x.get("image_id", x.get("id", ""))) for x in items]),
+                **object_annotations(items)}
 
 
 class CaptionCollator(Collator):
@@ -153,6 +216,7 @@ class VqaCollator(Collator):
 
     task = "vqa"
     vocab_arg = "answers"
+    share_images = True
 
     def __init__(self, processor, answers: Vocab, max_length: int | None = None, normalize: bool = True):
         super().__init__(processor, max_length)
@@ -175,7 +239,7 @@ class VqaCollator(Collator):
                     targets[b, i] = min(1.0, k / denom)
             answer_ids[b] = self.answers.index(majority_answer(given), default=IGNORE_INDEX)
         return {**self._tokens(questions), "answer_scores": targets, "labels": answer_ids, "answers": refs,
-                "question_types": [x.get("question_type") for x in items]}
+                "question_types": [x.get("question_type") for x in items], **object_annotations(items)}
 
 
 class VqaGenerateCollator(Collator):

@@ -20,11 +20,18 @@ class Features:
     """Token features of one modality (or of a fusion).
 
     tokens: (B, N, D) float; mask: (B, N) bool, True where a token is real; pooled: (B, D).
+    positions: (B, N, 2) or (N, 2), the (x, y) centre of each image token as a fraction of the
+        image's width and height (0..1), for encoders whose tokens are places (a conv grid);
+        None where tokens have no place (text, a CLS token).
+    attention: (B, K, N) logits of a fusion's K question-guided looks over the image tokens,
+        for fusions that look (`hop_attention`); objectives supervise them, explanations show them.
     """
 
     tokens: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
+    positions: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -48,7 +55,22 @@ def build(registry, spec: dict, where: str, **injected) -> nn.Module:
     return module
 
 
+def select(f: Features, index: torch.Tensor) -> Features:
+    """The rows `index` (B',) of batched Features (shared positions stay shared)."""
+    pos = f.positions if f.positions is None or f.positions.dim() == 2 else f.positions[index]
+    att = None if f.attention is None else f.attention[index]
+    return Features(f.tokens[index], f.mask[index], f.pooled[index], pos, att)
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens. tokens (B, N, D), mask (B, N) -> (B, D)."""
     m = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
     return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def grid_positions(h: int, w: int, device=None) -> torch.Tensor:
+    """(h*w, 2) centres (x, y) of an h x w grid's cells as fractions of the image, row-major."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], -1).reshape(h * w, 2)

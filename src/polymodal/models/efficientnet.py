@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymodal.errors import CheckpointError, ConfigError, PolymodalError
-from polymodal.models.base import Component, Features
+from polymodal.models.base import Component, Features, grid_positions
 from polymodal.registry import VISION
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,8 @@ class EfficientNetLite0Encoder(Component):
         grid = self.feature_map(pixel_values)          # (B, D, h, w)
         tokens = grid.flatten(2).transpose(1, 2)       # (B, h*w, D), row-major over the grid
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, tokens.mean(1))  # pooled: global average, as the classifier sees it
+        positions = grid_positions(*grid.shape[-2:], tokens.device)
+        return Features(tokens, mask, tokens.mean(1), positions)  # pooled: global average, as the classifier sees it
 
     def imagenet_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (B, 1000) for pixels normalised with PRETRAINED_MEAN / PRETRAINED_STD.

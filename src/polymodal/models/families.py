@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.models.base import Component, Features, build
+from polymodal.models.base import Component, Features, build, select
 from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead
 from polymodal.registry import DECODERS, FUSIONS, MODELS, TEXT, VISION
 
@@ -116,6 +116,9 @@ class FusionEncoderOutput:
     # running the towers again: `model(image_features=..., text_features=...)`.
     image_features: Features | None = None
     text_features: Features | None = None
+    # per image token, logits over each object attribute's values, class 0 = "no object centred
+    # here" ({attribute: (B, N, 1 + values)}), when the model has `object_attributes`
+    object_logits: dict[str, torch.Tensor] | None = None
 
 
 @MODELS.register("fusion_encoder")
@@ -129,6 +132,10 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         mlm_vocab_size: add an MLM head over fused text tokens with this vocabulary (0: none).
         embed_dim: size of the ITC space of the unimodal features (0: no ITC projections).
         classifier_hidden: hidden width of the classifier MLP (default 2 x fusion dim).
+        object_attributes: {attribute: [values]} (e.g. {"color": ["red", ...], "shape": [...]}):
+            a linear head per attribute on every image token, predicting the attribute of the
+            object centred at that token (or none), for the `object_attributes` objective —
+            object-level supervision of the vision tower, as detector-pretrained features give.
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
@@ -136,7 +143,7 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
 
     def __init__(self, vision: dict, text: dict, fusion: dict, labels: list | None = None, itm: bool = False,
                  mlm_vocab_size: int = 0, embed_dim: int = 0, classifier_hidden: int | None = None,
-                 init_temperature: float = 0.07):
+                 init_temperature: float = 0.07, object_attributes: dict[str, list[str]] | None = None):
         super().__init__()
         self._build_towers(vision, text)
         self.fusion = build(FUSIONS, fusion, "model.fusion", image_dim=self.vision.dim, text_dim=self.text.dim)
@@ -151,14 +158,22 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         else:
             self.image_proj = self.text_proj = self.logit_scale = None
+        self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
+        self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
+                                           for k, v in self.object_attributes.items()}) or None
 
     def fuse(self, image: Features, text: Features) -> Features:
         return self.fusion(image, text)
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
-                text_features: Features | None = None, return_mlm: bool = False) -> FusionEncoderOutput:
+                text_features: Features | None = None, return_mlm: bool = False,
+                image_index: torch.Tensor | None = None) -> FusionEncoderOutput:
+        """`image_index` (B,): row of `pixel_values` / `image_features` for each text, when several
+        texts share an image (the image tower then runs once per image)."""
         image = image_features if image_features is not None else self.vision(pixel_values)
+        if image_index is not None:
+            image = select(image, image_index)
         text = text_features if text_features is not None else self.text(input_ids, attention_mask)
         fused = self.fusion(image, text)
         img_e = txt_e = scale = None
@@ -170,7 +185,8 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             logits=self.classifier(fused.pooled) if self.classifier is not None else None,
             itm_logits=self.itm_head(fused.pooled) if self.itm_head is not None else None,
             mlm_logits=self.mlm_head(fused.tokens) if (return_mlm and self.mlm_head is not None) else None,
-            image_embeds=img_e, text_embeds=txt_e, logit_scale=scale, image_features=image, text_features=text)
+            image_embeds=img_e, text_embeds=txt_e, logit_scale=scale, image_features=image, text_features=text,
+            object_logits={k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None)
 
 
 # ------------------------------------------------------------------------- encoder-decoder

@@ -2,11 +2,13 @@
 small convolutional stem for tiny test models. EfficientNet-Lite0 lives in efficientnet.py."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from polymodal.pretrained import from_pretrained
-from polymodal.models.base import Component, Features
+from polymodal.models.base import Component, Features, grid_positions
 from polymodal.registry import VISION
 
 
@@ -70,31 +72,68 @@ class CLIPVisionEncoder(_HFVision):
         self.dim = self.model.config.hidden_size
 
 
+def _with_coords(x: torch.Tensor) -> torch.Tensor:
+    """CoordConv (Liu et al., 2018): append the x and y coordinate maps (-1..1) as channels."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([x, xs, ys], 1)
+
+
 @VISION.register("conv_stem")
 class ConvStemEncoder(Component):
     """A small conv net for tiny models: `depth` stride-2 conv blocks, then the grid as tokens.
+
+    Convolutions are translation-equivariant, so without `coords` a token knows *what* is around
+    it but not *where* it is, and "left of" / "above" can only be read from border effects. With
+    `coords` every conv block also sees the coordinate maps (CoordConv, Liu et al. 2018; the
+    coordinate maps of FiLM and Relation Networks) and the tokens get a position embedding of
+    their (x, y) centre, so absolute position is in the features. Measured on the shapes world
+    (docs/results.md): position-aware tokens are what lets a VQA model place the objects a
+    question names.
 
     Args:
         dim: output channels (= token dim D).
         depth: number of stride-2 blocks; a 64 px image gives (64 / 2**depth)**2 tokens.
         width: channels of the first block (doubling up to `dim`).
+        coords: CoordConv inputs and (x, y) position embeddings (and `Features.positions`).
+        refine: stride-1 3x3 conv blocks after the last stride-2 block (a wider receptive field
+            per token at the token resolution).
     """
 
-    def __init__(self, dim: int = 64, depth: int = 3, width: int = 16):
+    def __init__(self, dim: int = 64, depth: int = 3, width: int = 16, coords: bool = False, refine: int = 0):
         super().__init__()
-        layers, c_in = [], 3
+        extra = 2 if coords else 0
+        self.blocks, c_in = nn.ModuleList(), 3
         for i in range(depth):
             c_out = dim if i == depth - 1 else min(dim, width * 2 ** i)
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
+            self.blocks.append(nn.Sequential(nn.Conv2d(c_in + extra, c_out, 3, stride=2, padding=1),
+                                             nn.BatchNorm2d(c_out), nn.GELU()))
             c_in = c_out
-        self.body = nn.Sequential(*layers)
+        for _ in range(refine):
+            self.blocks.append(nn.Sequential(nn.Conv2d(dim + extra, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU()))
+        self.coords = coords
         self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # depthwise conv as position encoding
+        # (x, y) -> D: sin/cos features of the absolute position, so it works at any grid size
+        self.pos_abs = nn.Linear(4 * 8, dim) if coords else None
         self.norm = nn.LayerNorm(dim)
         self.dim = dim
 
+    def _abs_embedding(self, pos: torch.Tensor) -> torch.Tensor:
+        freqs = 2.0 ** torch.arange(8, device=pos.device, dtype=pos.dtype) * math.pi  # (8,)
+        ang = pos.unsqueeze(-1) * freqs                                                # (N, 2, 8)
+        return self.pos_abs(torch.cat([ang.sin(), ang.cos()], -1).flatten(1))          # (N, D)
+
     def forward(self, pixel_values: torch.Tensor) -> Features:
-        x = self.body(pixel_values)                      # (B, D, h, w)
-        x = x + self.pos(x)
-        tokens = self.norm(x.flatten(2).transpose(1, 2))  # (B, h*w, D)
+        x = pixel_values
+        for block in self.blocks:
+            x = block(_with_coords(x) if self.coords else x)
+        x = x + self.pos(x)                                # (B, D, h, w)
+        h, w = x.shape[-2:]
+        tokens = x.flatten(2).transpose(1, 2)              # (B, h*w, D)
+        positions = grid_positions(h, w, tokens.device)    # (h*w, 2)
+        if self.coords:
+            tokens = tokens + self._abs_embedding(positions.to(tokens.dtype))
+        tokens = self.norm(tokens)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, tokens.mean(1))
+        return Features(tokens, mask, tokens.mean(1), positions)

@@ -45,6 +45,11 @@ def plain_records(data: Sequence[dict]) -> list[dict]:
     return [data.reader[i] if hasattr(data, "reader") else data[i] for i in range(len(data))]
 
 
+def image_keys(data: Sequence[dict]) -> list:
+    """Each record's image key (`image_id`, else the `image` path): what `group_by_image` groups by."""
+    return [r.get("image_id") or str(r.get("image")) for r in plain_records(data)]
+
+
 def micro_batches_per_epoch(n: int, batch_size: int, world: int, accum: int) -> int:
     """Full global micro-batches in one epoch, rounded down to whole optimizer steps."""
     return (n // (batch_size * world)) // accum * accum
@@ -57,20 +62,33 @@ class EpochBatches(torch.utils.data.Sampler):
         n: number of records. batch_size: per process. world, rank: process count and index.
         seed, epoch: define the permutation. accum: gradient-accumulation steps (the epoch is cut
             to whole optimizer steps). start: micro-batches already consumed (resume).
+        groups: a group key per record (its image): the permutation shuffles the groups and keeps
+            each group's records next to each other, so a batch holds all questions of its images
+            and the collator encodes each image once (`data.group_by_image`).
     """
 
     def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int,
-                 accum: int = 1, start: int = 0):
+                 accum: int = 1, start: int = 0, groups: Sequence | None = None):
         self.n, self.bs, self.world, self.rank = n, batch_size, world, rank
         self.seed, self.epoch, self.start = seed, epoch, start
         self.count = micro_batches_per_epoch(n, batch_size, world, accum)
+        self.members = None
+        if groups is not None:
+            index: dict = {}
+            for i, key in enumerate(groups):
+                index.setdefault(key, []).append(i)
+            self.members = list(index.values())
 
     def __len__(self) -> int:
         return max(0, self.count - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self.members is None:
+            perm = torch.randperm(self.n, generator=g)
+        else:
+            perm = torch.tensor([i for j in torch.randperm(len(self.members), generator=g).tolist()
+                                 for i in self.members[j]])
         width = self.bs * self.world                                       # one global micro-batch
         for k in range(self.start, self.count):
             lo = k * width + self.rank * self.bs

@@ -79,6 +79,9 @@ class DataConfig:
         max_val_samples: validate on at most this many validation records.
         text_field: the record field of the texts for captioning / pretraining / retrieval
             ("captions", or "captions_zh" for Chinese); None: the collator's default.
+        group_by_image: batches hold all records of their images next to each other, and the
+            image tower runs once per image, not once per record (VQA: ~6 questions an image).
+            For collators that share images (VQA); ignored by the others.
     """
 
     train: str | None = None
@@ -88,6 +91,7 @@ class DataConfig:
     num_workers: int = 0
     max_val_samples: int | None = None
     text_field: str | None = None
+    group_by_image: bool = False
 
 
 @dataclass

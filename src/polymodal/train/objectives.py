@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.errors import ConfigError
+from polymodal.models.base import select
 from polymodal.registry import OBJECTIVES
 
 
@@ -46,8 +47,7 @@ class Batch(dict):
 
     def forward(self, model):
         if self.output is None:
-            self.output = model(pixel_values=self["pixel_values"], input_ids=self["input_ids"],
-                                attention_mask=self["attention_mask"])
+            self.output = _plain_forward(model, self)
         return self.output
 
 
@@ -55,7 +55,13 @@ def _forward(model, batch: dict):
     """The plain image + text forward: shared within a step (a `Batch`), else computed."""
     if isinstance(batch, Batch):
         return batch.forward(model)
-    return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return _plain_forward(model, batch)
+
+
+def _plain_forward(model, batch: dict):
+    extra = {"image_index": batch["image_index"]} if batch.get("image_index") is not None else {}
+    return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                 attention_mask=batch["attention_mask"], **extra)
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -160,7 +166,7 @@ class ITM(Objective):
         if len(rows):  # (a batch of one image has no negatives)
             img_idx = torch.cat([rows, neg_img])
             txt_idx = torch.cat([neg_txt, rows])
-            neg = model(image_features=_take(image, img_idx), text_features=_take(text, txt_idx))
+            neg = model(image_features=select(image, img_idx), text_features=select(text, txt_idx))
             logits = torch.cat([logits, neg.itm_logits])
         logits = logits.float()                                            # (B + 2R, 2)
         target = torch.cat([torch.ones(b, dtype=torch.long, device=logits.device),
@@ -196,10 +202,6 @@ def hard_negatives(sim: torch.Tensor | None, image_ids: torch.Tensor):
     return rows, torch.multinomial(w_i2t[rows], 1).squeeze(1), torch.multinomial(w_t2i[rows], 1).squeeze(1)
 
 
-def _take(f, idx: torch.Tensor):
-    from polymodal.models.base import Features
-
-    return Features(f.tokens[idx], f.mask[idx], f.pooled[idx])
 
 
 # -------------------------------------------------------------------------------------- MLM
@@ -340,3 +342,105 @@ class VQAClassification(Objective):
         else:
             loss = F.cross_entropy(logits, batch["labels"])
         return loss, {"loss": loss.detach(), **logs}
+
+
+# ------------------------------------------------------------------ object-level supervision
+def _nearest_tokens(points: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Index of the image token whose centre is nearest each point. points (..., 2), positions
+    (N, 2) or (B, N, 2) with the points' leading dim B -> (...) long."""
+    pos = positions if positions.dim() == 2 else positions.view(positions.shape[0], *[1] * (points.dim() - 2),
+                                                                  *positions.shape[1:])
+    return (points.unsqueeze(-2) - pos).pow(2).sum(-1).argmin(-1)
+
+
+def _token_positions(model, out, where: str) -> torch.Tensor:
+    pos = out.image_features.positions if out.image_features is not None else None
+    _need(pos is not None, f"objective {where} needs image tokens with positions (a conv grid vision tower, "
+                           f"e.g. conv_stem or efficientnet_lite0); this model's vision tower gives none")
+    return pos
+
+
+@OBJECTIVES.register("hop_attention")
+class HopAttention(Objective):
+    """Supervise where a fusion's hops look: hop k of a question should land on the image
+    objects that the question's k-th object phrase names (`question_objects` in the records,
+    GQA-style grounding annotations; the shapes world writes them).
+
+    Per hop with at least one object: -log of the softmax mass on the tokens nearest those
+    objects' centres (pick one of them). Per present hop, objects or none: binary cross-entropy
+    of each token's sigmoid gate against "an object named here" (which the fusion sums into a
+    count, so "how many" and "is there" read the same gates).
+    Logged: loss, hit (share of supervised hops whose arg-max token is a named object's).
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask", "hop_points", "hop_points_mask", "hop_present")
+
+    def check(self, model):
+        fusion = getattr(model, "fusion", None)
+        _need(fusion is not None and hasattr(fusion, "hops"),
+              "objective hop_attention needs a fusion_encoder whose fusion looks at the image in hops "
+              "(fusion type hop_attention)")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        logits = out.fused.attention.float()                                   # (B, K, N)
+        b, k_model, n = logits.shape
+        points, pmask, present = batch["hop_points"], batch["hop_points_mask"], batch["hop_present"]
+        k = min(k_model, points.shape[1])
+        logits, points, pmask, present = logits[:, :k], points[:, :k], pmask[:, :k], present[:, :k]
+        idx = _nearest_tokens(points, _token_positions(model, out, "hop_attention").to(points))  # (B, K, M)
+        # (B, K, N), 1 where a named object sits; padded points add 0 (amax keeps real ones)
+        target = torch.zeros_like(logits).scatter_reduce_(-1, idx, pmask.to(logits.dtype), reduce="amax")
+        has = present & pmask.any(-1)                                          # (B, K)
+        zero = logits.sum() * 0
+        pick = -torch.logsumexp(logits.log_softmax(-1).masked_fill(target == 0, -1e4), -1)[has].mean() \
+            if has.any() else zero
+        gate = F.binary_cross_entropy_with_logits(logits[present], target[present]) if present.any() else zero
+        loss = pick + gate
+        hit = target.gather(-1, logits.argmax(-1, keepdim=True)).squeeze(-1)[has].mean() if has.any() else zero
+        return loss, {"loss": loss.detach(), "hit": hit.detach()}
+
+
+@OBJECTIVES.register("object_attributes")
+class ObjectAttributes(Objective):
+    """Object-level supervision of the vision tower: every image token predicts the attributes
+    of the object centred at it (class 0: none), from the records' `objects` — dense targets
+    in the manner of CenterNet (Zhou et al., 2019), with attributes in place of categories.
+    A token is an object's when its centre is the one nearest the object's box centre.
+    Logged: loss, acc (attribute accuracy on the tokens that hold an object).
+    """
+
+    requires = ("pixel_values", "objects")
+
+    def check(self, model):
+        _need(bool(getattr(model, "object_attributes", None)),
+              "objective object_attributes needs a fusion_encoder with object_attributes "
+              "({attribute: [values]}, e.g. {color: [red, blue], shape: [circle, square]})")
+
+    def __call__(self, model, batch):
+        out = _forward(model, batch)
+        pos = _token_positions(model, out, "object_attributes")
+        vocab = {a: {v: i + 1 for i, v in enumerate(vals)} for a, vals in model.object_attributes.items()}
+        b, n = out.image_features.tokens.shape[:2]
+        targets = {a: torch.zeros(b, n, dtype=torch.long) for a in vocab}
+        for i, objs in enumerate(batch["objects"]):
+            if not objs:
+                continue
+            idx = _nearest_tokens(torch.tensor([o["point"] for o in objs], dtype=pos.dtype, device=pos.device),
+                                  pos if pos.dim() == 2 else pos[i]).tolist()
+            for o, t in zip(objs, idx):
+                for a, classes in vocab.items():
+                    # a value the model has no class for is ignored, not "no object"
+                    targets[a][i, t] = classes.get(str(o.get(a)), -100) if o.get(a) is not None else -100
+        losses, correct, total = [], 0.0, 0.0
+        for a, logits in out.object_logits.items():
+            t = targets[a].to(logits.device)
+            losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
+            on = t > 0
+            if on.any():
+                correct += (logits.argmax(-1)[on] == t[on]).float().sum()
+                total += float(on.sum())
+        loss = torch.stack(losses).sum()
+        acc = torch.as_tensor(correct / total if total else 0.0)
+        return loss, {"loss": loss.detach(), "acc": acc.detach() if torch.is_tensor(acc) else acc}
+

@@ -251,8 +251,9 @@ def _task(name: str, source: str) -> Task:
 def _epoch_loader(r: PreparedRun, state: TrainState, device):
     """This process's batches of the current epoch, from where the run stands, on `device`."""
     acc, opt = r.accelerator, r.cfg.optim
+    groups = _data.image_keys(r.train_set) if r.cfg.data.group_by_image else None
     sampler = _data.EpochBatches(len(r.train_set), opt.batch_size, acc.num_processes, acc.process_index, r.cfg.seed,
-                                 state.epoch, opt.grad_accum, start=state.micro_in_epoch)
+                                 state.epoch, opt.grad_accum, start=state.micro_in_epoch, groups=groups)
     if hasattr(r.train_set, "set_epoch"):  # per-epoch choices of the data module (which caption)
         r.train_set.set_epoch(state.epoch)
     # A private generator: creating the loader must not draw from the global RNG (dropout).

@@ -80,11 +80,15 @@ def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dic
     """The JSONL records of one image, per task."""
     iid = str(index)
     base = {"image_id": iid, "image": image}
+    # every object's box and attributes: object-level supervision (the object_attributes objective)
+    objects = [{"box": o["box"], "color": o["color"], "shape": o["shape"], "size": o["size"]} for o in scene["objects"]]
     return {
         "captions": [{"id": iid, "image": image, "caption": text["captions"][0], "captions": text["captions"],
-                      "captions_zh": text["captions_zh"], "split": split, "scene": scene}],
+                      "captions_zh": text["captions_zh"], "split": split, "scene": scene, "objects": objects}],
         "vqa": [{"id": f"{iid}_q{k}", **base, "question": q["question"], "answers": [q["answer"]],
-                 "question_type": q["question_type"], "answer_type": q["answer_type"]}
+                 "question_type": q["question_type"], "answer_type": q["answer_type"],
+                 "question_objects": [[scene["objects"][i]["box"] for i in hop] for hop in q["objects"]],
+                 "objects": objects}
                 for k, q in enumerate(text["qa"])],
         "classify": [{"id": f"{iid}_s{k}", **base, "text": s["text"], "label": s["label"]}
                      for k, s in enumerate(text["statements"])],

@@ -331,9 +331,12 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
     combos = _allowed_combos(split)
     out: list[dict] = []
 
-    def add(q, a, qtype):
+    def add(q, a, qtype, hops):
+        # hops: per object phrase of the question, in the order it is named, the indices of the
+        # scene objects it refers to (GQA-style grounding of the question; may be empty)
         atype = "yes/no" if a in ("yes", "no") else "number" if a.isdigit() else "other"
-        out.append({"question": q, "answer": a, "question_type": qtype, "answer_type": atype})
+        out.append({"question": q, "answer": a, "question_type": qtype, "answer_type": atype,
+                    "objects": [list(h) for h in hops]})
 
     order = rnd.sample(range(len(objs)), len(objs))
     # colour: refer without naming the colour
@@ -341,19 +344,20 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
         ref = _refer(objs, i, rnd, attrs=("size", "shape"), canvas=size)
         if ref:
             q = rnd.choice(["What color is the {}?", "What is the color of the {}?", "Which color is the {}?"])
-            add(q.format(ref[0]), objs[i]["color"], "color")
+            add(q.format(ref[0]), objs[i]["color"], "color", [[i]])
             break
     # shape: refer without naming the shape
     for i in order:
         ref = _refer(objs, i, rnd, attrs=("size", "color"), canvas=size)
         if ref:
             q = rnd.choice(["What shape is the {}?", "What is the shape of the {}?"])
-            add(q.format(ref[0]), objs[i]["shape"], "shape")
+            add(q.format(ref[0]), objs[i]["shape"], "shape", [[i]])
             break
     # count
     desc = _count_desc(rnd, objs, combos)
     k = sum(_matches(o, desc) for o in objs)
-    add(f"How many {_desc_plural(desc)} are there?", str(k), "count")
+    add(f"How many {_desc_plural(desc)} are there?", str(k), "count",
+        [[n for n, o in enumerate(objs) if _matches(o, desc)]])
     # existence, balanced yes / no
     present = sorted({(o["color"], o["shape"]) for o in objs})
     absent = [c for c in combos if c not in present]
@@ -361,10 +365,11 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
         (c, s), a = rnd.choice(present), "yes"
     else:
         (c, s), a = rnd.choice(absent), "no"
+    matched = [n for n, o in enumerate(objs) if (o["color"], o["shape"]) == (c, s)]
     if rnd.random() < 0.5:
-        add(f"Is there {_article(c)} {c} {s}?", a, "exist")
+        add(f"Is there {_article(c)} {c} {s}?", a, "exist", [matched])
     else:
-        add(f"Are there any {c} {PLURAL_EN[s]}?", a, "exist")
+        add(f"Are there any {c} {PLURAL_EN[s]}?", a, "exist", [matched])
     # spatial relation between two uniquely named objects, balanced yes / no
     pairs = [(i, j, r) for i in order for j in order if i != j for r in relation(objs[i], objs[j], size)]
     rnd.shuffle(pairs)
@@ -373,7 +378,7 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
         rb = _refer(objs, j, rnd, position=False)
         if ra and rb:
             asked, a = (r, "yes") if rnd.random() < 0.5 else (OPPOSITE[r], "no")
-            add(f"Is the {ra[0]} {REL_EN[asked]} the {rb[0]}?", a, "relation")
+            add(f"Is the {ra[0]} {REL_EN[asked]} the {rb[0]}?", a, "relation", [[i], [j]])
             break
     # size comparison between two objects named without their sizes
     pairs = [(i, j) for i in order for j in order if i < j]
@@ -383,16 +388,16 @@ def questions(scene: dict, rnd: random.Random, split: str = "train") -> list[dic
         rb = _refer(objs, j, rnd, attrs=("color", "shape"), position=False)
         if ra and rb:
             si, sj = objs[i]["size"], objs[j]["size"]
-            a, b = ra[0], rb[0]
+            a, b, hops = ra[0], rb[0], [[i], [j]]
             if rnd.random() < 0.5:
-                a, b, si, sj = b, a, sj, si
+                a, b, si, sj, hops = b, a, sj, si, [[j], [i]]
             # every form with its answer; pick the answer first, so yes and no are equally likely
             forms = [(f"Are the {a} and the {b} the same size?", si == sj),
                      (f"Is the {a} larger than the {b}?", (si, sj) == ("large", "small")),
                      (f"Is the {a} smaller than the {b}?", (si, sj) == ("small", "large"))]
             want = rnd.random() < 0.5
             q, truth = rnd.choice([f for f in forms if f[1] == want])
-            add(q, "yes" if truth else "no", "size")
+            add(q, "yes" if truth else "no", "size", hops)
             break
     return out
 
