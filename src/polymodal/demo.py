@@ -46,24 +46,36 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(n_images=4000, align_steps=250, lm_steps=400, caption_steps=200, vqa_steps=1000, eval_limit=None),
+    "full": Budget(n_images=4000, align_steps=250, lm_steps=400, caption_steps=200, vqa_steps=2000, eval_limit=None),
     "quick": Budget(n_images=600, align_steps=12, lm_steps=12, caption_steps=6, vqa_steps=16, eval_limit=40,
                     dim=64, batch_size=32),
 }
 
 
 def _towers(b: Budget) -> dict:
-    """The vision and text towers every demo model shares (so pretrained weights carry over)."""
-    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32},
+    """The vision and text towers every demo model shares (so pretrained weights carry over).
+
+    The vision tower is position-aware (CoordConv + (x, y) embeddings): its tokens know where
+    they are, which spatial questions and left-to-right captions need (docs/results.md).
+    """
+    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32, "coords": True, "refine": 1},
             "text": {"type": "bert", "hidden_size": b.dim, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "max_position_embeddings": 64}}
+
+
+def _object_attributes() -> dict[str, list[str]]:
+    """The attributes every image token learns to name (object-level supervision of the vision
+    tower from the shapes world's exact objects: the `object_attributes` objective)."""
+    from polymodal.data import shapes
+
+    return {"color": list(shapes.COLORS), "shape": list(shapes.SHAPES), "size": list(shapes.SIZES)}
 
 
 def _configs(out: Path, b: Budget) -> dict[str, dict]:
     """The run configs of the training stages (written to OUT/configs/NAME.yaml)."""
     data, tok, runs = str(out / "data"), str(out / "tokenizer"), out / "runs"
     proc = {"tokenizer": tok, "image": {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "max_length": 48}
-    towers = _towers(b)
+    towers, objects = _towers(b), _object_attributes()
     fusion = {"type": "cross_transformer", "dim": b.dim, "layers": 2, "heads": 4}
     decoder = {"type": "gpt2", "n_embd": b.dim, "n_layer": 2, "n_head": 4, "n_positions": 64}
     common = {"precision": "auto", "seed": 0,
@@ -79,9 +91,10 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
     return {
         "align": {**common, "task": "pretrain", "output_dir": str(runs / "align"),
                   "model": {"spec": {"type": "fusion_encoder", **towers, "fusion": fusion, "itm": True,
-                                     "mlm_vocab_size": 1, "embed_dim": b.dim}, "processor": proc},
+                                     "mlm_vocab_size": 1, "embed_dim": b.dim,
+                                     "object_attributes": objects}, "processor": proc},
                   "objectives": [{"type": "itc", "weight": 1.0}, {"type": "itm", "weight": 1.0},
-                                 {"type": "mlm", "weight": 1.0}],
+                                 {"type": "mlm", "weight": 1.0}, {"type": "object_attributes", "weight": 1.0}],
                   "data": {"train": data, "val": data, "max_val_samples": 256},
                   "optim": optim(b.align_steps, 1e-3), "checkpointing": ckpt("val/itc/loss", "min")},
         "lm": {**common, "task": "captioning", "output_dir": str(runs / "lm"),
@@ -97,11 +110,17 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                        "model": {"init_from": str(runs / "lm" / "best")},
                        "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions_zh"},
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
+        # question-guided hops over the position-aware tokens, each hop supervised with the
+        # objects its phrase names, the tokens with the objects centred on them
         "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
-                "model": {"spec": {"type": "fusion_encoder", **towers, "fusion": fusion},
+                "model": {"spec": {"type": "fusion_encoder", **towers,
+                                   "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2},
+                                   "object_attributes": objects},
                           "processor": proc, "init_from": str(runs / "align" / "best")},
-                "data": {"train": data, "val": data, "max_val_samples": 512},
-                "optim": optim(b.vqa_steps, 1e-3),
+                "objectives": [{"type": "vqa_classification"}, {"type": "hop_attention"},
+                               {"type": "object_attributes"}],
+                "data": {"train": data, "val": data, "max_val_samples": 512, "group_by_image": True},
+                "optim": optim(b.vqa_steps, 2e-3),
                 "checkpointing": ckpt("val/vqa_classification/acc", "max")},
     }
 

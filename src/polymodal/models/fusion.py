@@ -451,11 +451,15 @@ class HopAttentionFusion(Fusion):
     * how many: the sum of the sigmoid of the same logits over the tokens (B, 1) — softmax
       attention forgets counts, a sigmoid gate per token keeps them (cf. Zhang et al., 2018).
 
-    The readout concatenates the hops' outputs, the first-minus-last differences and a bilinear
-    term (the question times those differences, elementwise, as in MFB): comparisons such as
-    "is A left of B" or "is A larger than B" are products of a question word and a difference,
-    which a plain MLP over concatenated inputs reached only after a long plateau in our
-    measurements (docs/results.md); with the product it learns them from the start.
+    The readout concatenates the hops' outputs, the first-minus-last differences and two
+    bilinear terms (the question times the feature difference, and the question times the
+    geometry — position difference and positions — elementwise, as in MFB): comparisons such as
+    "is A left of B" or "is A larger than B" are products of a question word and a difference.
+    Measured on the shapes world (docs/results.md): a plain MLP over the concatenation, or FiLM,
+    stayed at chance on relation questions even with exact positions given; one bilinear term
+    over [feature difference; geometry] learnt them only slowly (the two position numbers
+    drowned among `dim` feature numbers); the separate geometry term learnt them in a few hundred
+    steps once the hops landed.
 
     The hop logits come back as `Features.attention` (B, hops, N): the `hop_attention`
     objective can supervise them with the objects a question names (GQA-style annotations),
@@ -478,10 +482,14 @@ class HopAttentionFusion(Fusion):
         self.query_mix = nn.Linear(2 * dim, dim)
         self.q_key, self.img_key, self.img_value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.gate_bias = nn.Parameter(torch.zeros(hops))
-        # bilinear term: question (cls + bag of words) x (feature, position differences and positions)
-        self.question_factor = nn.Linear(2 * dim, dim)
-        self.geometry_factor = nn.Linear(dim + 6, dim)
-        readout_in = dim + hops * (dim + 3) + 2 + dim
+        # bilinear terms, question (cls + bag of words) x what the hops found: one with the
+        # feature difference, one with the geometry (position difference and positions) alone, so
+        # the two position numbers are not drowned among `dim` feature numbers
+        self.question_features = nn.Linear(2 * dim, dim)
+        self.feature_factor = nn.Linear(dim, dim)
+        self.question_geometry = nn.Linear(2 * dim, dim)
+        self.geometry_factor = nn.Linear(6, dim)
+        readout_in = dim + hops * (dim + 3) + 2 + 2 * dim
         self.readout = nn.Sequential(nn.Linear(readout_in, 2 * dim), nn.GELU(), nn.Dropout(dropout),
                                      nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
         self.tokens_out = nn.Linear(2 * dim, dim)
@@ -515,8 +523,10 @@ class HopAttentionFusion(Fusion):
             where.append((found, xy))
             logits_all.append(logits)
         (f0, p0), (f1, p1) = where[0], where[-1]
-        geometry = self.geometry_factor(torch.cat([f0 - f1, p0 - p1, p0, p1], -1))
-        parts += [p0 - p1, self.question_factor(torch.cat([cls, bag], -1)) * geometry]
+        question = torch.cat([cls, bag], -1)                                                     # (B, 2 dim)
+        parts += [p0 - p1,
+                  self.question_features(question) * self.feature_factor(f0 - f1),
+                  self.question_geometry(question) * self.geometry_factor(torch.cat([p0 - p1, p0, p1], -1))]
         pooled = self.readout(torch.cat(parts, -1))                                              # (B, dim)
         tokens = self.tokens_out(torch.cat([txt, pooled.unsqueeze(1).expand_as(txt)], -1))      # (B, T, dim)
         out = self._output(tokens, txt_mask, pooled)
