@@ -481,7 +481,10 @@ class HopAttentionFusion(Fusion):
         self.hop_queries = nn.Parameter(torch.randn(hops, dim) * 0.02)
         self.query_mix = nn.Linear(2 * dim, dim)
         self.q_key, self.img_key, self.img_value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.gate_bias = nn.Parameter(torch.zeros(hops))
+        # Most tokens hold no named object: gates start near 0 (sigmoid(-4) = 0.018), so the count
+        # starts near 1 for a 64-token grid instead of N / 2, which swamped the other readout
+        # inputs early in training. (A shift of the logits leaves the softmax unchanged.)
+        self.gate_bias = nn.Parameter(torch.full((hops,), -4.0))
         # bilinear terms, question (cls + bag of words) x what the hops found: one with the
         # feature difference, one with the geometry (position difference and positions) alone, so
         # the two position numbers are not drowned among `dim` feature numbers

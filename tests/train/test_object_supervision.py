@@ -1,0 +1,127 @@
+"""Object-level supervision on hand-made cases with known answers: the `hop_attention` and
+`object_attributes` objectives, the batch keys the collators make for them from records, and
+batches that keep the questions of one image together (each image encoded once)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from polymodal.data.collate import VqaCollator, object_annotations
+from polymodal.data.vocab import Vocab
+from polymodal.models.base import Features, grid_positions
+from polymodal.train._data import EpochBatches
+from polymodal.train.objectives import HopAttention, ObjectAttributes
+
+
+class _Out:
+    """A model output with just what the two objectives read."""
+
+    def __init__(self, attention=None, positions=None, object_logits=None, tokens=None):
+        n = positions.shape[0]
+        tok = tokens if tokens is not None else torch.zeros(1, n, 4)
+        self.image_features = Features(tok, torch.ones(tok.shape[:2], dtype=torch.bool), tok.mean(1), positions)
+        self.fused = Features(torch.zeros(tok.shape[0], 1, 4), torch.ones(tok.shape[0], 1, dtype=torch.bool),
+                              torch.zeros(tok.shape[0], 4), None, attention)
+        self.object_logits = object_logits
+
+
+class _Model:
+    """Returns a fixed output: the objectives' arithmetic is checked against hand computation."""
+
+    def __init__(self, out, **attrs):
+        self.out = out
+        self.fusion = type("F", (), {"hops": 2})()
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+    def __call__(self, **kwargs):
+        return self.out
+
+
+def test_grid_positions_are_cell_centres_row_major():
+    pos = grid_positions(2, 4)
+    assert pos.tolist() == [[0.125, 0.25], [0.375, 0.25], [0.625, 0.25], [0.875, 0.25],
+                            [0.125, 0.75], [0.375, 0.75], [0.625, 0.75], [0.875, 0.75]]
+
+
+def test_hop_attention_loss_is_softmax_mass_on_named_tokens_plus_gate_bce():
+    pos = grid_positions(2, 2)                         # tokens at (.25,.25) (.75,.25) (.25,.75) (.75,.75)
+    logits = torch.tensor([[[2.0, 0.0, 0.0, 0.0],     # hop 0 looks at token 0
+                            [0.0, 0.0, 0.0, 1.0]]])   # hop 1 at token 3
+    batch = {"pixel_values": None, "input_ids": None, "attention_mask": None,
+             # hop 0 names the object at (0.2, 0.3) -> token 0; hop 1 names two objects: tokens 1 and 3
+             "hop_points": torch.tensor([[[[0.2, 0.3], [0.0, 0.0]], [[0.8, 0.2], [0.7, 0.9]]]]),
+             "hop_points_mask": torch.tensor([[[True, False], [True, True]]]),
+             "hop_present": torch.tensor([[True, True]])}
+    loss, logs = HopAttention()(_Model(_Out(logits, pos)), batch)
+    target = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 1.0]]])
+    pick0 = -math.log(math.exp(2) / (math.exp(2) + 3))
+    pick1 = -math.log((1 + math.e) / (3 + math.e))
+    expected = (pick0 + pick1) / 2 + F.binary_cross_entropy_with_logits(logits[0], target[0]).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert logs["hit"].item() == 1.0                  # both arg-max tokens hold a named object
+
+
+def test_hop_attention_an_absent_object_teaches_only_the_gates():
+    pos = grid_positions(2, 2)
+    logits = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    batch = {"pixel_values": None, "input_ids": None, "attention_mask": None,
+             "hop_points": torch.zeros(1, 1, 1, 2), "hop_points_mask": torch.zeros(1, 1, 1, dtype=torch.bool),
+             "hop_present": torch.tensor([[True]])}    # "is there a red cross?" -> none: every gate off
+    loss, _ = HopAttention()(_Model(_Out(logits, pos)), batch)
+    assert loss.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits[0, 0], torch.zeros(4)).item())
+
+
+def test_object_attributes_target_the_token_nearest_each_object():
+    pos = grid_positions(2, 2)
+    logits = {"color": torch.zeros(1, 4, 3), "shape": torch.zeros(1, 4, 2)}
+    logits["color"][0, 3, 2] = 5.0                    # token 3 says "blue"
+    model = _Model(_Out(positions=pos, object_logits=logits),
+                   object_attributes={"color": ["red", "blue"], "shape": ["circle"]})
+    batch = {"pixel_values": None, "input_ids": None, "attention_mask": None,
+             "objects": [[{"point": (0.8, 0.8), "color": "blue", "shape": "circle"}]]}
+    loss, logs = ObjectAttributes()(model, batch)
+    t_color = torch.tensor([0, 0, 0, 2])              # background everywhere but token 3
+    t_shape = torch.tensor([0, 0, 0, 1])
+    expected = F.cross_entropy(logits["color"][0], t_color) + F.cross_entropy(logits["shape"][0], t_shape)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["acc"] == pytest.approx(0.5)          # colour right, shape (uniform logits) not
+
+
+def test_collator_makes_points_as_fractions_of_the_image_and_shares_images():
+    img = Image.new("RGB", (40, 20))
+    recs = [{"id": "q0", "image_id": "7", "image": img, "question": "a?", "answers": ["yes"],
+             "question_objects": [[[0, 0, 10, 10]], [[20, 10, 40, 20], [10, 0, 20, 4]]],
+             "objects": [{"box": [0, 0, 10, 10], "color": "red"}]},
+            {"id": "q1", "image_id": "7", "image": img, "question": "b?", "answers": ["no"],
+             "question_objects": [[]]},
+            {"id": "q2", "image_id": "8", "image": img, "question": "c?", "answers": ["no"]}]
+    out = object_annotations(recs)
+    assert out["hop_points"].shape == (3, 2, 2, 2)
+    assert out["hop_points"][0, 0, 0].tolist() == [0.125, 0.25]
+    assert out["hop_points"][0, 1, 1].tolist() == pytest.approx([0.375, 0.1])
+    assert out["hop_present"].tolist() == [[True, True], [True, False], [False, False]]
+    assert out["hop_points_mask"][1].any().item() is False   # an absent object: a present hop, no points
+    assert out["objects"][0] == [{"color": "red", "point": (0.125, 0.25)}] and out["objects"][1] == []
+
+    class Proc:
+        def process_images(self, ims):
+            return torch.zeros(len(ims), 3, 4, 4)
+
+        def tokenize(self, texts, max_length=None):
+            return {"input_ids": torch.ones(len(texts), 2, dtype=torch.long),
+                    "attention_mask": torch.ones(len(texts), 2, dtype=torch.long)}
+
+    batch = VqaCollator(Proc(), Vocab.build(["yes", "no"]))(recs)
+    assert batch["pixel_values"].shape[0] == 2                # images 7 and 8, each once
+    assert batch["image_index"].tolist() == [0, 0, 1]
+
+
+def test_grouped_batches_keep_an_image_s_records_together():
+    groups = [i // 3 for i in range(12)]                  # 4 images, 3 questions each
+    batches = list(EpochBatches(12, 6, 1, 0, seed=0, epoch=0, groups=groups))
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    for b in batches:
+        assert {groups[i] for i in b} and all(sum(groups[j] == groups[i] for j in b) == 3 for i in b)
