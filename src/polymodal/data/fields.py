@@ -28,6 +28,8 @@ FIELDS: dict[str, str] = {
     "ref": "str, a referring expression naming one object",
     "box": "[x0, y0, x1, y1], that object's box in pixels of the image",
     "scene": "dict, the shapes-world scene record (objects with shape, color, size, box, center)",
+    "objects": "list[dict], every object of the image: {box: [x0, y0, x1, y1] pixels, attribute: value, ...}",
+    "question_objects": "list[list[box]], per object phrase of the question (in order), the boxes it names",
     "split": "str, the split the record belongs to",
 }
 
