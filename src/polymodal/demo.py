@@ -55,10 +55,11 @@ BUDGETS = {
 def _towers(b: Budget) -> dict:
     """The vision and text towers every demo model shares (so pretrained weights carry over).
 
-    The vision tower is position-aware (CoordConv + (x, y) embeddings): its tokens know where
-    they are, which spatial questions and left-to-right captions need (docs/results.md).
+    The conv grid's tokens carry their (x, y) place (`Features.positions`), which the VQA
+    model's hops read. CoordConv inputs (`coords: true`) cost the captioner at this budget
+    (docs/results.md: LM validation loss 0.585 vs 0.529 from scratch), so the demo leaves them off.
     """
-    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32, "coords": True, "refine": 1},
+    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32},
             "text": {"type": "bert", "hidden_size": b.dim, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "max_position_embeddings": 64}}
 
@@ -91,10 +92,9 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
     return {
         "align": {**common, "task": "pretrain", "output_dir": str(runs / "align"),
                   "model": {"spec": {"type": "fusion_encoder", **towers, "fusion": fusion, "itm": True,
-                                     "mlm_vocab_size": 1, "embed_dim": b.dim,
-                                     "object_attributes": objects}, "processor": proc},
+                                     "mlm_vocab_size": 1, "embed_dim": b.dim}, "processor": proc},
                   "objectives": [{"type": "itc", "weight": 1.0}, {"type": "itm", "weight": 1.0},
-                                 {"type": "mlm", "weight": 1.0}, {"type": "object_attributes", "weight": 1.0}],
+                                 {"type": "mlm", "weight": 1.0}],
                   "data": {"train": data, "val": data, "max_val_samples": 256},
                   "optim": optim(b.align_steps, 1e-3), "checkpointing": ckpt("val/itc/loss", "min")},
         "lm": {**common, "task": "captioning", "output_dir": str(runs / "lm"),
@@ -110,8 +110,8 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                        "model": {"init_from": str(runs / "lm" / "best")},
                        "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions_zh"},
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
-        # question-guided hops over the position-aware tokens, each hop supervised with the
-        # objects its phrase names, the tokens with the objects centred on them
+        # question-guided hops over the grid's tokens and their places, each hop supervised with
+        # the objects its phrase names, each token with the object centred on it
         "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
                 "model": {"spec": {"type": "fusion_encoder", **towers,
                                    "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2},
