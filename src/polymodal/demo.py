@@ -46,7 +46,7 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(n_images=4000, align_steps=250, lm_steps=400, caption_steps=200, vqa_steps=2000, eval_limit=None),
+    "full": Budget(n_images=4000, align_steps=250, lm_steps=400, caption_steps=200, vqa_steps=1600, eval_limit=None),
     "quick": Budget(n_images=600, align_steps=12, lm_steps=12, caption_steps=6, vqa_steps=16, eval_limit=40,
                     dim=64, batch_size=32),
 }
