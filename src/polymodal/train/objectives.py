@@ -421,9 +421,16 @@ class ObjectAttributes(Objective):
         out = _forward(model, batch)
         pos = _token_positions(model, out, "object_attributes")
         vocab = {a: {v: i + 1 for i, v in enumerate(vals)} for a, vals in model.object_attributes.items()}
-        b, n = out.image_features.tokens.shape[:2]
+        rows = list(range(len(batch["objects"])))
+        if batch.get("image_index") is not None:  # questions of one image: score the image once
+            rows = list({int(r): i for i, r in reversed(list(enumerate(batch["image_index"].tolist())))}.values())
+        objects = [batch["objects"][i] for i in rows]
+        logits_of = {a: lg[rows] for a, lg in out.object_logits.items()}                   # (R, N, C)
+        b, n = len(rows), out.image_features.tokens.shape[1]
+        if pos.dim() == 3:
+            pos = pos[rows]
         targets = {a: torch.zeros(b, n, dtype=torch.long) for a in vocab}
-        for i, objs in enumerate(batch["objects"]):
+        for i, objs in enumerate(objects):
             if not objs:
                 continue
             idx = _nearest_tokens(torch.tensor([o["point"] for o in objs], dtype=pos.dtype, device=pos.device),
@@ -433,7 +440,7 @@ class ObjectAttributes(Objective):
                     # a value the model has no class for is ignored, not "no object"
                     targets[a][i, t] = classes.get(str(o.get(a)), -100) if o.get(a) is not None else -100
         losses, correct, total = [], 0.0, 0.0
-        for a, logits in out.object_logits.items():
+        for a, logits in logits_of.items():
             t = targets[a].to(logits.device)
             losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
             on = t > 0
