@@ -73,9 +73,11 @@ class Collator:
         images = [x.get("image") for x in items]
         keys = [x.get("image_id") for x in items]
         if self.share_images and all(im is not None for im in images) and all(k is not None for k in keys):
-            rows = {k: r for r, k in enumerate(dict.fromkeys(keys))}        # first-seen order
-            first = {k: im for k, im in reversed(list(zip(keys, images)))}
-            batch["pixel_values"] = self.processor.process_images([first[k] for k in rows])  # (Bi, 3, H, W)
+            first: dict = {}                                                 # image_id -> its image
+            for k, im in zip(keys, images):
+                first.setdefault(k, im)
+            rows = {k: r for r, k in enumerate(first)}                       # first-seen order
+            batch["pixel_values"] = self.processor.process_images(list(first.values()))  # (Bi, 3, H, W)
             batch["image_index"] = torch.tensor([rows[k] for k in keys], dtype=torch.long)  # (B,)
         elif all(im is not None for im in images):
             batch["pixel_values"] = self.processor.process_images(images)  # (B, 3, H, W)

@@ -423,7 +423,10 @@ class ObjectAttributes(Objective):
         vocab = {a: {v: i + 1 for i, v in enumerate(vals)} for a, vals in model.object_attributes.items()}
         rows = list(range(len(batch["objects"])))
         if batch.get("image_index") is not None:  # questions of one image: score the image once
-            rows = list({int(r): i for i, r in reversed(list(enumerate(batch["image_index"].tolist())))}.values())
+            first: dict[int, int] = {}                # image row -> its first question
+            for i, r in enumerate(batch["image_index"].tolist()):
+                first.setdefault(r, i)
+            rows = list(first.values())
         objects = [batch["objects"][i] for i in rows]
         logits_of = {a: lg[rows] for a, lg in out.object_logits.items()}                   # (R, N, C)
         b, n = len(rows), out.image_features.tokens.shape[1]
