@@ -1,7 +1,15 @@
 """The official VQAv2 answer normalisation, one for training targets (answer vocabularies,
-soft scores) and for scoring (polymodal.eval.vqa) alike: punctuation removed or turned into
-spaces (kept inside numbers such as 3.5), a final period dropped, lower-cased, number words to
-digits ("two" -> "2"), articles dropped ("a dog" -> "dog"), contractions restored ("dont" -> "don't").
+soft scores) and for scoring (polymodal.eval.vqa) alike. Its three steps, as the official
+evaluation script (GT-Vision-Lab/VQA, vqaEval.py) runs them:
+
+1. `clean_whitespace`: newlines and tabs become spaces, the ends are stripped;
+2. `normalize_punctuation` (the script's processPunctuation): punctuation removed or turned into
+   spaces (kept inside numbers such as 3.5, "1,000" -> "1000"), a final period dropped;
+3. `normalize_words` (processDigitArticle): lower-cased, number words to digits ("two" -> "2"),
+   articles dropped ("a dog" -> "dog"), contractions restored ("dont" -> "don't").
+
+`normalize_answer` runs all three. Which steps the official VQA accuracy applies to which side
+is polymodal.eval.vqa's business.
 """
 from __future__ import annotations
 
@@ -45,25 +53,36 @@ youll=you'll youre=you're youve=you've
 """.split())
 
 
-def _punctuation(text: str) -> str:
+def clean_whitespace(answer: str) -> str:
+    """Newlines and tabs to spaces, the ends stripped: " yes\n" -> "yes"."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
+def normalize_punctuation(answer: str) -> str:
+    """The official punctuation step: "t-shirt" -> "t shirt", "1,000" -> "1000", "yes." -> "yes".
+
+    Case, number words and articles are left alone.
+    """
     # Official rule: a punctuation mark next to a space, or any mark in a text with a digit-comma-
     # digit ("1,000"), is deleted; otherwise it becomes a space ("t-shirt" -> "t shirt").
     # The test looks at the original text, not the partly cleaned one.
-    delete_all = _DIGIT_COMMA_DIGIT.search(text) is not None
-    out = text
+    delete_all = _DIGIT_COMMA_DIGIT.search(answer) is not None
+    out = answer
     for p in _PUNCT:
-        if delete_all or p + " " in text or " " + p in text:
+        if delete_all or p + " " in answer or " " + p in answer:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD.sub("", out)
+    # The script passes re.UNICODE (32) where sub() takes its count: at most 32 periods go.
+    return _PERIOD.sub("", out, count=32)
 
 
-def _digits_articles(text: str) -> str:
-    words = [_NUMBERS.get(w, w) for w in text.lower().split()]
+def normalize_words(answer: str) -> str:
+    """The official word step: lower case, "two" -> "2", articles dropped, "dont" -> "don't"."""
+    words = [_NUMBERS.get(w, w) for w in answer.lower().split()]
     return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def normalize_answer(answer: str) -> str:
-    """The official VQA answer normalisation: "Two dogs." -> "2 dogs", "dont" -> "don't"."""
-    return _digits_articles(_punctuation(answer.replace("\n", " ").replace("\t", " ").strip()))
+    """The official VQA answer normalisation, every step: "Two dogs." -> "2 dogs", "dont" -> "don't"."""
+    return normalize_words(normalize_punctuation(clean_whitespace(answer)))

@@ -1,46 +1,74 @@
 """VQA accuracy as the official VQAv2 evaluation computes it (Antol et al. 2015; Goyal et al. 2017).
 
 An answer scores min(#matching annotators / 3, 1), averaged over the ten subsets of nine of the
-ten annotators -- so 2 of 10 matching gives 0.6, not 2/3. Answers are compared after the official
-normalisation: punctuation removed or turned into spaces (kept inside numbers such as 3.5), a
-final period dropped, lower-cased, number words to digits ("two" -> "2"), articles dropped
-("a dog" -> "dog"), contractions restored ("dont" -> "don't").
+ten annotators -- so 2 of 10 matching gives 0.6, not 2/3. Scores are fractions in [0, 1] (the
+script prints percentages).
 
-Any number of reference answers works: one reference is plain exact match after normalisation;
+Which answers match depends on the normalisation (polymodal.data.answers: whitespace, punctuation,
+words) and on which side gets it. Three named rules:
+
+- "official" (the default; what `polymodal eval` reports): the official evaluation script,
+  GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, as the VQA challenge's
+  evaluation server and LAVIS run it (the repository's version from 2015 to March 2021). The
+  prediction always gets every step ("the two dogs" -> "2 dogs", "Yes." -> "yes"); the
+  references are compared as written, except that when they disagree (more than one distinct
+  answer) each gets the punctuation step alone. So a prediction "two" scores 0 against ten
+  references "two", and 1 against ten "2".
+- "official_2021": the same script after its commit a013f00 ("Fixed processing answers bug",
+  2021-03-11): both sides get the whitespace step; when the references disagree both get every
+  step, otherwise neither does (then "yes." scores 0 against ten "yes").
+- "normalized": both sides always get every step. Not the official number; meant for data whose
+  references are not VQA-normalised (one free-text answer per question such as "Two dogs."),
+  where the official rules would count a right answer as wrong.
+
+Any number of reference answers works: one reference is plain exact match under the rule;
 with n >= 2 each leave-one-out subset of n-1 answers counts min(#matching / min(3, n-1), 1), which
 is the official formula for n >= 4 (VQAv2, VizWiz, TextVQA and OK-VQA have 10).
-
-One deliberate difference from the official script: it normalises answers only for questions
-whose references disagree, so "yes." scores 0 where all ten annotators said "yes". Here both
-sides are always normalised; `exact_official=True` reproduces the script's behaviour exactly.
-Scores are fractions in [0, 1] (the script prints percentages).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Hashable, Mapping, Sequence
 
-from polymodal.data.answers import normalize_answer
-from polymodal.errors import DataError
+from polymodal.data.answers import clean_whitespace, normalize_answer, normalize_punctuation
+from polymodal.errors import ConfigError, DataError
 from polymodal.eval._common import Metric, align, as_reference_list, mean
 from polymodal.registry import METRICS
 
-def vqa_score(prediction: str, references: Sequence[str], exact_official: bool = False) -> float:
+#: The ways to compare answers (see the module docstring); "official" is the default.
+RULES = ("official", "official_2021", "normalized")
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise ConfigError(f"vqa: unknown rule {rule!r}; one of: {', '.join(RULES)}")
+
+
+def _compared(prediction: str, references: Sequence[str], rule: str = "official") -> tuple[str, list[str]]:
+    """The prediction and references as `rule` compares them (see the module docstring)."""
+    _check_rule(rule)
+    if rule == "normalized":
+        return normalize_answer(prediction), [normalize_answer(r) for r in references]
+    if rule == "official":
+        refs = list(references)
+        if len(set(refs)) > 1:
+            refs = [normalize_punctuation(r) for r in refs]
+        return normalize_answer(prediction), refs
+    pred, refs = clean_whitespace(prediction), [clean_whitespace(r) for r in references]   # official_2021
+    if len(set(refs)) > 1:
+        return normalize_answer(pred), [normalize_answer(r) for r in refs]
+    return pred, refs
+
+
+def vqa_score(prediction: str, references: Sequence[str], rule: str = "official") -> float:
     """Accuracy of one answer against its reference answers (see the module docstring).
 
     Args:
         prediction: the predicted answer.
         references: the annotators' answers (10 in VQAv2; any number >= 1).
-        exact_official: normalise only when the references disagree, as the official script does.
+        rule: "official" (default), "official_2021" or "normalized": how answers are compared.
     """
-    if exact_official:
-        pred = prediction.replace("\n", " ").replace("\t", " ").strip()
-        refs = [r.replace("\n", " ").replace("\t", " ").strip() for r in references]
-        if len(set(refs)) > 1:
-            pred, refs = normalize_answer(pred), [normalize_answer(r) for r in refs]
-        pred, refs = pred.lower(), [r.lower() for r in refs]
-    else:
-        pred, refs = normalize_answer(prediction), [normalize_answer(r) for r in references]
+    pred, refs = _compared(prediction, references, rule)
     n = len(refs)
     if n == 1:
         return float(pred == refs[0])
@@ -55,7 +83,7 @@ def vqa_score(prediction: str, references: Sequence[str], exact_official: bool =
 def vqa_accuracy(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
                  question_types: Mapping[Hashable, str] | None = None,
                  answer_types: Mapping[Hashable, str] | None = None,
-                 exact_official: bool = False) -> dict[str, float]:
+                 rule: str = "official") -> dict[str, float]:
     """VQA accuracy overall, per question type and per answer type.
 
     Args:
@@ -63,19 +91,20 @@ def vqa_accuracy(predictions: Mapping[Hashable, str], references: Mapping[Hashab
         references: question id -> reference answers (a list, or one string).
         question_types: question id -> type ("what color is the", ...), optional.
         answer_types: question id -> type ("yes/no", "number", "other"), optional.
-        exact_official: reproduce the official script's normalise-only-on-disagreement quirk.
+        rule: how answers are compared: "official" (default), "official_2021" or "normalized".
     Returns:
         {"accuracy", "n", "accuracy[answer_type=yes/no]", "n[answer_type=yes/no]",
          "accuracy[question_type=...]", "n[question_type=...]", ...}, fractions in [0, 1].
     """
+    _check_rule(rule)
     ids = align(predictions, references, "vqa")
     scores = {}
     for qid in ids:
         pred = predictions[qid]
         if not isinstance(pred, str):
             raise DataError(f"vqa: prediction for question {qid!r} must be a string, got {pred!r}")
-        scores[qid] = vqa_score(pred, as_reference_list(references[qid], f"vqa: references[{qid!r}]"),
-                                exact_official=exact_official)
+        refs = as_reference_list(references[qid], f"vqa: references[{qid!r}]")
+        scores[qid] = vqa_score(pred, refs, rule=rule)
     out = {"accuracy": mean(list(scores.values())), "n": float(len(ids))}
     for kind, types in (("answer_type", answer_types), ("question_type", question_types)):
         if types is None:
@@ -96,16 +125,17 @@ class VQAAccuracy(Metric):
     """Official VQAv2 accuracy (see `vqa_accuracy`).
 
     Args:
-        exact_official: normalise answers only when references disagree, as the official script.
+        rule: how answers are compared: "official" (default), "official_2021" or "normalized".
     """
 
     main = "accuracy"
 
-    def __init__(self, exact_official: bool = False):
-        self.exact_official = exact_official
+    def __init__(self, rule: str = "official"):
+        _check_rule(rule)
+        self.rule = rule
 
     def __call__(self, predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
                  question_types: Mapping[Hashable, str] | None = None,
                  answer_types: Mapping[Hashable, str] | None = None) -> dict[str, float]:
         return vqa_accuracy(predictions, references, question_types, answer_types,
-                            exact_official=self.exact_official)
+                            rule=self.rule)
