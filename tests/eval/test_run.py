@@ -91,3 +91,65 @@ def test_bad_predictions_are_clear_errors(world, tmp_path):
         evaluate("vqa", world, predictions=tmp_path / "x.jsonl", split="test")
     res = runner.invoke(app, ["eval", "--predictions", str(bad), "--data", str(world), "--task", "retrieval"])
     assert res.exit_code == 2 and "cannot be scored from a predictions file" in res.output
+
+
+def _official_specs(world):
+    """The shapes world in its official formats: COCO captions and VQAv2 (integer ids)."""
+    return (f"coco:{world}/coco_captions_test.json",
+            f"vqa:{world}/vqa_test_questions.json,{world}/vqa_test_annotations.json")
+
+
+def test_official_result_files_are_read(world, tmp_path):
+    # Result files as the official COCO caption and VQA evaluations take them: one JSON array,
+    # integer ids. Written out by hand here (indented, after a blank line), not by polymodal.
+    coco, vqa = _official_specs(world)
+    images = list(open_dataset(coco))
+    captions = tmp_path / "captions_test_results.json"
+    captions.write_text("\n  " + json.dumps([{"image_id": int(r["id"]), "caption": r["captions"][0]} for r in images],
+                                            indent=2))
+    m = evaluate("captioning", coco, predictions=captions)["metrics"]
+    assert m["n"] == len(images) and m["bleu_4"] > 0.6
+
+    questions = list(open_dataset(vqa))
+    words = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four"}
+    # Spelt as people write them ("Two.", "Yes."): the official rule normalises the prediction.
+    answers = [{"question_id": int(r["id"]), "answer": words.get(r["answer"], r["answer"]).capitalize() + "."}
+               for r in questions]
+    answers[0]["answer"] = "a purple elephant"
+    results = tmp_path / "OpenEnded_shapes_test_results.json"
+    results.write_text(json.dumps(answers))
+    m = evaluate("vqa", vqa, predictions=results)["metrics"]
+    assert m["n"] == len(questions) and m["accuracy"] == pytest.approx((len(questions) - 1) / len(questions))
+
+
+def test_saved_official_results_score_the_same(world, tmp_path):
+    _, vqa = _official_specs(world)
+    saved = tmp_path / "vqa_results.json"
+    args = ["eval", "--data", vqa, "--task", "vqa", "--limit", "12", "--json"]
+    res = runner.invoke(app, args + ["--model", "vqa-tiny", "--save-predictions", str(saved)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(saved.read_text())               # .json: the official array, integer question ids
+    assert len(rows) == 12 and all(set(r) == {"question_id", "answer"} and isinstance(r["question_id"], int)
+                                   for r in rows)
+    again = runner.invoke(app, args + ["--predictions", str(saved)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"] == json.loads(res.stdout)["metrics"]
+
+
+def test_bad_result_files_name_the_file_item_and_key(world, tmp_path):
+    _, vqa = _official_specs(world)
+    qid = int(list(open_dataset(vqa))[0]["id"])
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps([{"question_id": qid, "answer": "yes"}, {"question": "what?", "answer": "no"}]))
+    with pytest.raises(DataError, match=r'r\.json: item 2: this vqa prediction lacks an id \(\'question_id\', '
+                                        r'\'id\' or \'image\'\).*\{"question_id": \.\.\., "answer": \.\.\.\}'):
+        evaluate("vqa", vqa, predictions=f)
+    f.write_text(json.dumps([{"image_id": 1}]))
+    with pytest.raises(DataError, match=r"r\.json: item 1: this captioning prediction lacks 'caption'"):
+        evaluate("captioning", _official_specs(world)[0], predictions=f)
+    f.write_text('[{"question_id": 1, "answer": "yes"},')
+    with pytest.raises(DataError, match=r"r\.json: starts with '\[' but is not a JSON array"):
+        evaluate("vqa", vqa, predictions=f)
+    f.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"r\.json: item 1 of 2 is not a JSON object"):
+        evaluate("vqa", vqa, predictions=f)

@@ -46,10 +46,15 @@ def test_names_aliases_and_errors():
 def test_prediction_files_round_trip(name, tmp_path):
     task = get_task(name)
     value = [1, 2, 3, 4] if name == "grounding" else "a red circle"
-    write_predictions(tmp_path / "p.jsonl", task, {"7": value})
-    line = (tmp_path / "p.jsonl").read_text()
+    write_predictions(tmp_path / "p.jsonl", task, {"7": value, "x_1": value})
+    line = (tmp_path / "p.jsonl").read_text().splitlines()[0]
     assert f'"{task.id_key}": "7"' in line and f'"{task.prediction_key}"' in line
-    assert read_predictions(tmp_path / "p.jsonl", name) == {"7": value}
+    assert read_predictions(tmp_path / "p.jsonl", name) == {"7": value, "x_1": value}
+    # .json: one array, as the official result files; integer ids become JSON integers
+    write_predictions(tmp_path / "p.json", task, {"7": value, "x_1": value})
+    text = (tmp_path / "p.json").read_text()
+    assert text.startswith("[") and f'"{task.id_key}": 7,' in text and f'"{task.id_key}": "x_1"' in text
+    assert read_predictions(tmp_path / "p.json", name) == {"7": value, "x_1": value}
 
 
 def test_tasks_without_a_model_say_so():

@@ -16,13 +16,17 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
                                       help="a registered task: captioning | vqa | retrieval | classification | "
                                            "translation | grounding | ..."),
              model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint dir, HF dir or recipe"),
-             predictions: Optional[str] = typer.Option(None, "--predictions", help="score a predictions JSONL instead"),
+             predictions: Optional[str] = typer.Option(None, "--predictions",
+                                                       help="score a predictions file instead: JSON Lines, or a "
+                                                            "JSON array (official COCO / VQA result files)"),
              split: Optional[str] = typer.Option(None, "--split", "-s"),
              out: Optional[str] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
              limit: Optional[int] = typer.Option(None, "--limit", help="only the first N records"),
              lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
              baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
-             save_predictions: Optional[str] = typer.Option(None, "--save-predictions", help="write predictions JSONL"),
+             save_predictions: Optional[str] = typer.Option(None, "--save-predictions",
+                                                            help="write the predictions: FILE.json as a JSON array "
+                                                                 "(the official result format), else JSON Lines"),
              beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(32, "--max-tokens"),
              batch_size: int = typer.Option(32, "--batch-size"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):

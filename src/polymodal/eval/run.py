@@ -5,12 +5,17 @@ and predictions + records into metrics (`Task.score`, with the registered metric
 polymodal.eval.metrics). The same functions serve the CLI and the Python API; validation during
 training averages the objectives' values instead (`polymodal.train.trainer.evaluate_objectives`).
 
-Prediction files (`--predictions PRED.jsonl`), one JSON object per line, keyed like the data
-(each task's `id_key` and `prediction_key`):
+Prediction files (`--predictions FILE`, `--save-predictions FILE`) hold one object per
+prediction, keyed like the data (each task's `id_key` and `prediction_key`), either as JSON Lines
+(one object per line) or as one JSON array of the objects -- the official result-file format of
+the COCO caption evaluation (`[{"image_id": 42, "caption": "..."}]`) and of the VQA evaluation
+(`[{"question_id": 42000, "answer": "2"}]`). Reading, the content decides (a first non-space "["
+is an array); writing, the file name does (".json": an array with integer ids where the ids are
+integers, as the official tools want; anything else: JSON Lines).
 
-| task           | keys of a line                         |
+| task           | keys of an object                      |
 |----------------|----------------------------------------|
-| captioning     | `id` (or `image`), `caption`           |
+| captioning     | `image_id` (or `id`), `caption`        |
 | vqa            | `question_id` (or `id`), `answer`      |
 | classification | `id`, `label`                          |
 | translation    | `id`, `translation`                    |
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from polymodal.jsonl import iter_jsonl
+from polymodal.jsonl import iter_json_objects
 from polymodal.errors import DataError
 from polymodal.tasks import Task, get_task
 
@@ -68,28 +74,48 @@ def shuffled(task: str | Task, predictions: dict, seed: int = 0) -> dict:
 
 
 def read_predictions(path: str | Path, task: str | Task) -> dict:
-    """A predictions JSONL (see the module docs) as {key: value}."""
+    """A predictions file, JSON Lines or a JSON array (see the module docs), as {key: value}."""
     task = _task(task)
     value_key = task.prediction_key
     if value_key is None:
         raise DataError(f"task {task.name!r} cannot be scored from a predictions file; run it with --model")
+    id_keys = list(dict.fromkeys((task.id_key, "id", "image")))
     out = {}
-    for n, row in iter_jsonl(path, "predictions"):
-        key = row.get("question_id", row.get("id", row.get("image")))
+    for where, row in iter_json_objects(path, "predictions"):
+        key = next((row[k] for k in id_keys if row.get(k) is not None), None)
         if key is None or value_key not in row:
-            raise DataError(f"{path}:{n}: a {task.name} prediction needs an id ({task.id_key}) and {value_key!r}")
+            raise DataError(_incomplete(where, task, row, id_keys, has_id=key is not None))
         out[str(key)] = row[value_key]
     return out
 
 
+def _incomplete(where: str, task: Task, row: dict, id_keys: list[str], has_id: bool) -> str:
+    """What a prediction without an id or a value lacks, and how to write it."""
+    missing = [] if has_id else [f"an id ({', '.join(map(repr, id_keys[:-1]))} or {id_keys[-1]!r})"]
+    if task.prediction_key not in row:
+        missing.append(repr(task.prediction_key))
+    return (f"{where}: this {task.name} prediction lacks {' and '.join(missing)} (its keys: {sorted(row)}); "
+            f'write each prediction as {{"{task.id_key}": ..., "{task.prediction_key}": ...}}')
+
+
 def write_predictions(path: str | Path, task: str | Task, predictions: dict) -> None:
-    """Write {key: value} as a predictions JSONL that `read_predictions` reads back."""
+    """Write {key: value} as a predictions file that `read_predictions` reads back: a JSON array
+    (the official result-file format) when `path` ends in ".json", else JSON Lines."""
     import json
 
     task = _task(task)
+    if Path(path).suffix.lower() == ".json":
+        rows = [{task.id_key: _official_id(k), task.prediction_key: v} for k, v in predictions.items()]
+        Path(path).write_text(json.dumps(rows, ensure_ascii=False))
+        return
     with open(path, "w") as f:
         for k, v in predictions.items():
             f.write(json.dumps({task.id_key: k, task.prediction_key: v}, ensure_ascii=False) + "\n")
+
+
+def _official_id(key: str) -> int | str:
+    """"42" -> 42 (COCO image ids and VQA question ids are integers); other keys stay strings."""
+    return int(key) if isinstance(key, str) and re.fullmatch(r"0|[1-9][0-9]*", key) else key
 
 
 def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path | None = None,
@@ -100,7 +126,8 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     Args:
         task: a registered task (polymodal.tasks) or its name.
         data: a dataset spec, or a shapes-world directory.
-        model: the model to run; or `predictions`: a predictions JSONL to score.
+        model: the model to run; or `predictions`: a predictions file to score (JSON Lines or a
+            JSON array, see the module docs).
         split: the data split. limit: score only the first N records.
         lang: "en" or "zh" (captioning references / retrieval texts).
         baseline: also score the predictions shuffled across items (the chance level).

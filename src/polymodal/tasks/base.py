@@ -52,8 +52,8 @@ class Task:
             one the task trains, besides the families that list the task themselves (`tasks` of
             polymodal.models.families).
         objectives: model family -> default objective specs (`[{"type": "lm"}]`); "*": any.
-        prediction_key: the value key of a prediction-file line (None: no prediction file).
-        id_key: the id key of a prediction-file line.
+        prediction_key: the value key of a prediction file's objects (None: no prediction file).
+        id_key: their id key (a JSON Lines line or an item of an official result array).
         method: the `LoadedModel` method that runs the task (`caption`, `answer`, ...).
         methods: every `LoadedModel` method the task brings (default: `(method,)`).
         command: the `polymodal` CLI command that runs it.

@@ -19,6 +19,7 @@ class Captioning(Task):
     collators = {"*": "caption"}            # any family: the caption is the decoder's target
     objectives = {"*": [{"type": "lm"}]}
     prediction_key = "caption"
+    id_key = "image_id"                     # predictions are per image, as in COCO's result files
     method = "caption"
     command = "caption"
     kind = "captioner"
