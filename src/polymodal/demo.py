@@ -235,6 +235,7 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, redo: bool = Fal
         redo: run every stage again, even finished ones.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console()
     mode = "quick" if quick else "full"
@@ -258,7 +259,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, redo: bool = Fal
         if stage.name != "report" and stage.done():
             console.print(f"{head} — done already ({timings.get(stage.name, 0):.0f} s earlier), skipped")
             continue
-        console.print(f"{head}\n  $ " + "\n  $ ".join(stage.commands[:2]) + (" …" if len(stage.commands) > 2 else ""))
+        commands = "\n  $ ".join(stage.commands[:2]) + (" …" if len(stage.commands) > 2 else "")
+        console.print(f"{head}\n  $ " + escape(commands))   # paths are text, not rich markup
         t0 = time.perf_counter()
         if stage.name == "report":
             path = write_report(out, stages, timings, mode)
@@ -267,5 +269,5 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, redo: bool = Fal
         timings[stage.name] = round(time.perf_counter() - t0, 1)
         state["timings"] = timings
         marker.write_text(json.dumps(state, indent=2))
-    console.print(f"[green]report: {path}[/green]")
+    console.print(f"[green]report: {escape(str(path))}[/green]")
     return path

@@ -1,6 +1,7 @@
 """`polymodal eval` end to end on generated shapes-world data: predictions files (perfect vs
 shuffled), a model run, the ground-truth hallucination metric, and clear errors."""
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -153,3 +154,17 @@ def test_bad_result_files_name_the_file_item_and_key(world, tmp_path):
     f.write_text("[1, 2]")
     with pytest.raises(DataError, match=r"r\.json: item 1 of 2 is not a JSON object"):
         evaluate("vqa", vqa, predictions=f)
+
+
+def test_eval_table_shows_what_it_measures(world, tmp_path):
+    # The per-type keys ("accuracy[question_type=count]") are text, not rich markup; counts are integers.
+    recs = list(open_dataset(f"shapes:{world}:vqa", "test"))
+    perfect = _write(tmp_path / "p.jsonl", [{"question_id": r["id"], "answer": r["answers"][0]} for r in recs])
+    res = runner.invoke(app, ["eval", "--predictions", str(perfect), "--data", str(world), "--task", "vqa",
+                              "--split", "test"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = {cells[0]: cells[1:] for line in res.stdout.splitlines()
+            if len(cells := re.findall(r"[^\s│┃|]+", line)) >= 2}
+    counts = sum(r.get("question_type") == "count" for r in recs)
+    assert rows["accuracy[question_type=count]"] == ["1.0000"]
+    assert rows["n[question_type=count]"] == [str(counts)] and rows["n"] == [str(len(recs))]

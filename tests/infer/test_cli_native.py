@@ -104,3 +104,17 @@ def test_classify_and_embed(folder, tmp_path):
 def test_unknown_model_source_is_exit_2(tmp_path):
     res = runner.invoke(app, ["caption", "--model", str(tmp_path / "nope"), "x.png"])
     assert res.exit_code == 2 and "neither a directory nor a recipe name" in res.output
+
+
+def test_tables_print_data_text_literally(folder, tmp_path, monkeypatch):
+    # Captions and file names are data, not rich markup: "[red]" must not turn into a colour.
+    class Captioner:
+        def caption(self, images, **generation):
+            return ["a [red] circle on [bold]black[/bold]"] * len(images)
+
+    monkeypatch.setattr(polymodal, "load", lambda source, **kw: Captioner())
+    image = tmp_path / "x[red].png"                        # an existing file, although "[" is a glob character
+    image.write_bytes((folder / "img0.png").read_bytes())
+    res = runner.invoke(app, ["caption", "--model", "fake", str(image)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "a [red] circle on [bold]black[/bold]" in res.stdout and "x[red].png" in res.stdout

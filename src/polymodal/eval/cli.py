@@ -55,19 +55,28 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
         typer.echo(json.dumps(finite(result), ensure_ascii=False))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Metric keys ("accuracy[question_type=count]") and paths are text, not rich markup.
     cols = ["metric", "value"] + (["shuffled baseline"] if "baseline" in result else [])
-    table = Table(*cols, title=f"{task} on {data} (split: {split or 'default'}), n={result['n']}")
+    table = Table(*cols, title=escape(f"{task} on {data} (split: {split or 'default'}), n={result['n']}"))
     for k, v in result["metrics"].items():
-        row = [k, _fmt(v)] + ([_fmt(result["baseline"].get(k))] if "baseline" in result else [])
-        table.add_row(*row)
+        row = [k, _fmt(k, v)] + ([_fmt(k, result["baseline"].get(k))] if "baseline" in result else [])
+        table.add_row(*map(escape, row))
     Console().print(table)
 
 
-def _fmt(v) -> str:
+def _fmt(key: str, v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
+        if math.isnan(v):
+            return "nan"
+        return str(int(v)) if _is_count(key) and v.is_integer() else f"{v:.4f}"
     return str(v)
+
+
+def _is_count(key: str) -> bool:
+    """Counts among the metrics: `n`, `n[answer_type=...]`, `n_mentions`, `n_images`, ..."""
+    return key == "n" or key.startswith(("n[", "n_"))

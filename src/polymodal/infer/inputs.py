@@ -66,7 +66,7 @@ def expand_images(args: list[str]) -> list[str]:
         p = Path(a)
         if p.is_dir():
             out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in a for ch in "*?["):
+        elif not p.is_file() and any(ch in a for ch in "*?["):   # an existing "a[1].png" is a file
             out += sorted(glob.glob(a, recursive=True))
         else:
             out.append(a)  # a missing file is reported per item, not here
