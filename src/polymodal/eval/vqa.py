@@ -9,7 +9,7 @@ words) and on which side gets it. Three named rules:
 
 - "official" (the default; what `polymodal eval` reports): the official evaluation script,
   GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, as the VQA challenge's
-  evaluation server and LAVIS run it (the repository's version from 2015 to March 2021). The
+  evaluation server and LAVIS run it (the repository's version from July 2015 to March 2021). The
   prediction always gets every step ("the two dogs" -> "2 dogs", "Yes." -> "yes"); the
   references are compared as written, except that when they disagree (more than one distinct
   answer) each gets the punctuation step alone. So a prediction "two" scores 0 against ten
@@ -54,7 +54,8 @@ def _compared(prediction: str, references: Sequence[str], rule: str = "official"
         if len(set(refs)) > 1:
             refs = [normalize_punctuation(r) for r in refs]
         return normalize_answer(prediction), refs
-    pred, refs = clean_whitespace(prediction), [clean_whitespace(r) for r in references]   # official_2021
+    # official_2021
+    pred, refs = clean_whitespace(prediction), [clean_whitespace(r) for r in references]
     if len(set(refs)) > 1:
         return normalize_answer(pred), [normalize_answer(r) for r in refs]
     return pred, refs
