@@ -67,7 +67,7 @@ def test_ask_requests_file_with_an_empty_question(folder, tmp_path):
     rows = _lines(res.stdout)
     assert res.exit_code == 1
     assert rows[0]["answer"] in get_recipe("vqa-tiny")["model"]["labels"]
-    assert "question 0 is empty" in rows[1]["error"]
+    assert rows[1]["error"] == f"{req}:2: question is empty; give a non-empty question"
 
 
 def test_retrieve_builds_then_reuses_the_index(folder, tmp_path):

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 from polymodal.data.fields import FIELDS, normalize_record
 from polymodal.errors import ConfigError, DataError
+from polymodal.jsonl import jsonl_rows
 from polymodal.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -170,23 +171,11 @@ class JsonlReader(Reader):
     def _raw(self) -> list[Entry]:
         out = []
         for f in self.files:
-            try:
-                lines = f.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DataError(f"{f}: cannot read ({exc})") from exc
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                where = f"{f}:{n}"
-                try:
-                    rec = json.loads(line)
-                except ValueError as exc:
-                    out.append(Entry(where, error=f"not valid JSON ({exc})"))
-                    continue
-                if not isinstance(rec, dict):
-                    out.append(Entry(where, error=f"a record must be a JSON object, got {type(rec).__name__}"))
-                    continue
-                out.append(Entry(where, rec, root=self.images or f.parent))
+            for n, rec in jsonl_rows(f, "records"):  # a bad line is one bad entry, not a bad file
+                if isinstance(rec, DataError):
+                    out.append(Entry(f"{f}:{n}", error=str(rec)))
+                else:
+                    out.append(Entry(f"{f}:{n}", rec, root=self.images or f.parent))
         return out
 
     def describe(self) -> str:
