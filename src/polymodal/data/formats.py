@@ -663,12 +663,9 @@ def _split_tail(rest: str, most: int) -> tuple[str, list[str]]:
 
 
 def _yaml_spec(text: str, where: str) -> dict:
-    import yaml
+    from polymodal.yamlfile import load_yaml
 
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
+    doc = load_yaml(text, where)
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: a dataset spec block must be a mapping with format: and path:")
     return doc

@@ -174,7 +174,7 @@ def prepare_run(config, overrides: Sequence[str] = (), output_dir: str | None = 
         shapes_file=task and task.shapes_file)
     if train_records is None and task is not None and "labels" not in cfg.model.overrides:
         # A classifier's rows are the training data's answers / labels, unless the config names them.
-        labels = task.labels(_data.plain_records(train_set), config_family(cfg.model))
+        labels = task.labels(_data.plain_records(train_set), config_family(cfg.model, source))
         if labels is not None:
             cfg.model.overrides["labels"] = labels
     setup = build_for_training(cfg.model, source)
