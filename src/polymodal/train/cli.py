@@ -34,7 +34,7 @@ def train_command(
     summary = {"output_dir": str(result.output_dir), "step": result.step,
                "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
                "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-               "best_value": result.best_value, "stopped_early": result.stopped_early}
+               "best_value": result.best_value, "stopped_early": result.stopped_early, "skipped": result.skipped}
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
