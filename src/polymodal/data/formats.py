@@ -31,6 +31,9 @@ from polymodal.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
+#: the environment variable that lets a `pipe:` WebDataset shard run its shell command (WdsReader)
+ALLOW_PIPE = "POLYMODAL_ALLOW_PIPE"
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -518,6 +521,11 @@ class WdsReader(Reader):
     (the image bytes, becoming `image`); plain `KEY.txt` (caption) and `KEY.cls` (label)
     samples, as in LAION-style shards, are read too.
 
+    A `pipe:` shard runs a shell command, so it is opt-in: only when the user running polymodal
+    sets `POLYMODAL_ALLOW_PIPE=1` in the environment. Not a config key or a spec option on
+    purpose: configs and manifests travel (downloaded with a dataset or a recipe), and a file
+    someone else wrote must not be able to run commands on this machine by being read.
+
     Args:
         path: shard paths or URLs with brace ranges, e.g. `shards/train-{000000..000009}.tar`,
             `pipe:curl -s https://host/train-{0..9}.tar` (anything webdataset's gopen opens).
@@ -532,6 +540,11 @@ class WdsReader(Reader):
 
         p = _with_split(str(path), split, "wds")
         self.urls = [u for part in p.split("::") for u in braceexpand.braceexpand(part)]
+        pipes = [u for u in self.urls if u.startswith("pipe:")]
+        if pipes and os.environ.get(ALLOW_PIPE) != "1":
+            raise ConfigError(f"{p}: a pipe: shard runs the shell command {pipes[0][5:].strip()!r}; polymodal runs "
+                              f"such commands only when you set {ALLOW_PIPE}=1 in the environment of this command "
+                              "(a config or manifest cannot allow it); check the command first")
         local = [u for u in self.urls if not _is_url(u)]
         if local and not any(os.path.exists(u) for u in local):
             raise DataError(f"{p}: no shard found; check the path (brace ranges like {{000..009}} are expanded)")
