@@ -70,19 +70,22 @@ def test_ask_requests_file_with_an_empty_question(folder, tmp_path):
     assert rows[1]["error"] == f"{req}:2: question is empty; give a non-empty question"
 
 
-def test_retrieve_builds_then_reuses_the_index(folder, tmp_path):
+def test_retrieve_builds_then_reuses_the_index(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
     ckpt = _save("clip-tiny", tmp_path / "clip")
+    before = sorted(p.name for p in folder.iterdir())
     args = ["retrieve", "--model", ckpt, "--images", str(folder), "--query", "a red circle",
             "--query", str(folder / "img2.png"), "--top-k", "2", "--json"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     rows = _lines(first.stdout)
     assert len(rows) == 4 and rows[2]["image"].endswith("img2.png") and rows[2]["score"] == pytest.approx(1.0, abs=1e-5)
-    index_files = sorted(p.name for p in folder.glob(".polymodal-index-*"))
-    assert len(index_files) == 2
-    mtime = (folder / index_files[1]).stat().st_mtime_ns
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written into the user's folder
+    index_files = sorted((tmp_path / "cache" / "index").iterdir())
+    assert [p.suffix for p in index_files] == [".json", ".safetensors"]
+    mtime = index_files[1].stat().st_mtime_ns
     second = runner.invoke(app, args)
-    assert _lines(second.stdout) == rows and (folder / index_files[1]).stat().st_mtime_ns == mtime
+    assert _lines(second.stdout) == rows and index_files[1].stat().st_mtime_ns == mtime
     # A new image changes the folder: the index is rebuilt and finds it.
     Image.new("RGB", (48, 48), (255, 0, 0)).save(folder / "new.png")
     third = runner.invoke(app, ["retrieve", "--model", ckpt, "--images", str(folder), "--query",
