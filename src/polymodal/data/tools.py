@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def validate(spec, split: str | None = None, task=None, decode: bool = True,
              max_errors: int = 10, max_pixels: int = MAX_PIXELS) -> dict:
-    """Check every record of a spec; return counts and the first offending records.
+    """Check every record of a spec (fields, images, ids unique); return counts and the first
+    offending records.
 
     Args:
         spec: a dataset spec (see polymodal.data.formats).
@@ -40,6 +41,7 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
     """
     reader = open_dataset(spec, split)
     seen: dict[str, str | None] = {}  # image path -> problem (None when fine)
+    ids: dict[str, str] = {}  # record id -> where it first appeared
     kinds: Counter = Counter()
     first: list[dict] = []
     n = ok = 0
@@ -49,6 +51,12 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
             found = [("unreadable record", e.error)]
         else:
             found = check_record(e.record, task)
+            rid = e.record.get("id")
+            if isinstance(rid, str) and rid in ids:
+                found.append(("duplicate id", f"id {rid!r} is also the id of {ids[rid]}; ids must be unique "
+                                              "(predictions and metrics are keyed by them)"))
+            elif isinstance(rid, str):
+                ids[rid] = e.where
             img = e.record.get("image")
             if isinstance(img, (str, bytes, bytearray)) or hasattr(img, "size"):
                 found += _check_image(img, seen, decode, max_pixels, e.record.get("box"))
