@@ -28,12 +28,13 @@ def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
         sys.stdout.flush()
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(*columns)
-    for r in rows:
-        table.add_row(*(("[red]error: " + r["error"]) if c == columns[-1] and "error" in r
-                        else _fmt(r.get(c, "")) for c in columns))
+    for r in rows:  # a user's text is shown as written, never read as rich markup ("[/]")
+        table.add_row(*(("[red]error: " + escape(r["error"])) if c == columns[-1] and "error" in r
+                        else escape(_fmt(r.get(c, ""))) for c in columns))
     Console().print(table)
 
 

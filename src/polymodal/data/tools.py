@@ -292,10 +292,13 @@ def fit_tokenizer(specs: list[str], out: str | os.PathLike, split: str = "train"
 
     texts: list[str] = []
     for spec in specs:
-        for rec in open_dataset(spec, split):
+        for e in open_dataset(spec, split).entries():
+            if e.error is not None:  # an unreadable record has no texts to give; the others do
+                log.warning("tokenizer: skipped %s: %s", e.where, e.error)
+                continue
             for key in (*TEXT_FIELDS, "captions", "captions_zh", "answers"):
-                value = rec.get(key)
-                texts += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+                value = e.record.get(key)
+                texts += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str) and t.strip()]
     if not texts:
         raise DataError(f"{', '.join(specs)}: no texts to fit a tokenizer to")
     path = train_tokenizer(texts, out, vocab_size=vocab_size)
