@@ -153,7 +153,7 @@ def caption_cmd(images: list[str] = typer.Argument(..., help="image files, folde
     from polymodal.infer.loaded import GenerationOptions
 
     gen = dict(num_beams=beams, max_new_tokens=max_tokens, do_sample=temperature is not None,
-               temperature=temperature or 1.0, top_p=top_p, seed=seed)
+               temperature=1.0 if temperature is None else temperature, top_p=top_p, seed=seed)
     GenerationOptions.of(gen)  # a bad --temperature / --top-p is a usage error, before the model loads
     m = _load(model, device)
     rows = _run_items(image_items(images), lambda ims, _: [{"caption": c} for c in m.caption(ims, **gen)], batch_size)

@@ -9,6 +9,7 @@ loader, stricter than `yaml.safe_load` in two ways.
 """
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,10 @@ def load_yaml(text: str, source: str) -> Any:
     Args:
         source: where the text came from, for messages (a file, "--set a.b=c").
     """
+    stream = io.StringIO(text)
+    stream.name = source  # PyYAML's messages say `in "<source>", line 2, column 1`
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as exc:
         raise ConfigError(f"{source}:{exc.again}: {exc}") from None
     except yaml.YAMLError as exc:

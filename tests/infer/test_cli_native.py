@@ -107,3 +107,23 @@ def test_classify_and_embed(folder, tmp_path):
 def test_unknown_model_source_is_exit_2(tmp_path):
     res = runner.invoke(app, ["caption", "--model", str(tmp_path / "nope"), "x.png"])
     assert res.exit_code == 2 and "neither a directory nor a recipe name" in res.output
+
+
+def test_run_items_decodes_a_batch_at_a_time_and_a_failing_item_fails_alone(folder, monkeypatch):
+    import polymodal.data.images as images
+    from polymodal.cli import _run_items
+
+    events, real = [], images.load_image
+    monkeypatch.setattr(images, "load_image", lambda src, **kw: (events.append("decode"), real(src, **kw))[1])
+    items = [{"image": str(folder / f"img{i}.png")} for i in range(4)]
+
+    def fn(ims, its):
+        events.append(f"run {len(ims)}")
+        if any(it["image"].endswith("img2.png") for it in its):
+            raise ValueError("img2 is not welcome")
+        return [{"ok": True}] * len(ims)
+
+    rows = _run_items(items, fn, batch_size=2)
+    # memory holds one batch of images; the batch with the failing item is rerun item by item
+    assert events == ["decode", "decode", "run 2", "decode", "decode", "run 2", "run 1", "run 1"]
+    assert [r.get("ok") for r in rows] == [True, True, None, True] and rows[2]["error"] == "img2 is not welcome"
