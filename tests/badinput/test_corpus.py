@@ -128,6 +128,7 @@ def corpus(tmp_path_factory) -> dict:
     lines.insert(9, "{broken line")
     lines.append(json.dumps({"id": recs[0]["id"], "image": str(world / recs[0]["image"]), "captions": ["again"]}))
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "all_bad.jsonl").write_text(lines[3] + "\n" + lines[5] + "\n{broken\n")
 
     # training configs, good and bad; `train` writes only under the --output-dir the case gives
     good_cfg = {"task": "captioning", "model": {"recipe": "captioner-tiny", "processor": {"image": {"image_size": 32}}},
@@ -172,6 +173,7 @@ BAD_CONFIGS = {
     "epochs_neg": _set("optim.epochs", -1), "every_neg": _set("checkpointing.every", -1),
     "recipe": _set("model.recipe", "no-such-recipe"), "unknown_key": _set("optim.learning_rate", 0.1),
     "pipe": _set("data.train", "wds:pipe:touch MARKER"),
+    "all_bad": lambda cfg: cfg["data"].update(train=cfg["data"]["train"].replace("captions", "all_bad")),
     "duplicate": "model: {recipe: captioner-tiny}\noptim: {lr: 0.1}\ntask: captioning\noptim: {batch_size: 4}\n",
     "not_yaml": "model: {recipe: captioner-tiny\n",
     "a_list": "- model\n- optim\n",
@@ -269,6 +271,9 @@ CASES = [
     Case("eval-skips-bad-records", ["eval", "--model", "{captioner}", "--data", "jsonl:{captions}", "--task",
                                     "captioning", "--max-tokens", "3", "--json"], 0,
          json=["skipped"], says=["missing image", "unreadable image", "unreadable record", "missing field"]),
+    Case("train-every-record-bad", ["train", "{configs}/all_bad.yaml", "-o", "{out}/run"], 2,
+         says=["every record is bad", "1 missing field", "1 missing image", "1 unreadable record",
+               "run `polymodal data validate`"]),
     # ---- data tools --------------------------------------------------------------------------------
     Case("validate-bad-records", ["data", "validate", "jsonl:{captions}", "--task", "captioning"], 1,
          says=["18 records, 13 ok, 5 bad", "duplicate id", "missing image", "unreadable image", "not JSON"]),

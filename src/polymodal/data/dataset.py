@@ -211,7 +211,7 @@ class RecordDataset(_Decoding, Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         n = len(self)
-        for attempt in range(_MAX_TRIES):
+        for attempt in range(min(_MAX_TRIES, n)):
             j = (i + attempt) % n
             try:
                 return self._item(self._entry(j), j)
@@ -221,7 +221,8 @@ class RecordDataset(_Decoding, Dataset):
                 self._skip(exc, j)
                 if self.on_error == "drop":
                     return None
-        raise DataError(f"{_MAX_TRIES} bad records in a row from index {i}; run `polymodal data validate` on the data")
+        run = "every record is bad" if n <= _MAX_TRIES else f"{_MAX_TRIES} bad records in a row from index {i}"
+        raise DataError(f"{run} ({self.skips.summary()}); run `polymodal data validate` on the data")
 
 
 class StreamDataset(_Decoding, IterableDataset):
