@@ -189,7 +189,7 @@ def classify_cmd(images: list[str] = typer.Argument(...), model: str = typer.Opt
     try:
         names = check_labels([x.strip() for x in labels.split(",") if x.strip()])
     except PolymodalError as exc:
-        raise ConfigError(f"--labels: {exc}; give e.g. --labels cat,dog") from None
+        raise ConfigError(f"--labels: {exc} (e.g. --labels cat,dog)") from None
     m = _load(model, device)
     rows = _run_items(image_items(images), lambda ims, _: m.classify(ims, names, template=template), batch_size)
     _finish(rows, as_json, ["image", "label", "scores"])

@@ -112,6 +112,7 @@ def corpus(tmp_path_factory) -> dict:
     bad = {"missing": str(root / "missing.png"), "broken": str(imgs / "broken.png")}
     _requests(root / "ask.jsonl", "question", good, bad)
     _requests(root / "translate.jsonl", "text", good, bad)
+    (root / "blank.jsonl").write_text("\n  \n")
 
     # a caption manifest with bad records among good ones
     recs = [json.loads(x) for x in (world / "captions_train.jsonl").read_text().splitlines()]
@@ -198,6 +199,8 @@ CASES = [
                              "--question", "x"], 2, says=["not both"]),
     Case("ask-requests-missing-file", ["ask", "--model", "{vqa}", "--requests", "{missing}.jsonl"], 2,
          says=["cannot read the requests file"]),
+    Case("ask-blank-requests-file", ["ask", "--model", "{vqa}", "--requests", "{root}/blank.jsonl"], 2,
+         says=["no requests in this file"]),
     Case("ask-captioner", ["ask", "--model", "{captioner}", "--image", "{good0}", "--question", "why?", "--json"], 1,
          rows=["is a captioner; it cannot answer questions"]),
     # ---- images: each bad file fails alone ------------------------------------------------------

@@ -92,7 +92,7 @@ def check_labels(labels: Any) -> list[str]:
     """Class names for zero-shot classification: at least one, each a text, none twice."""
     labels = check_texts(labels, "label")
     if not labels:
-        raise DataError("give at least one label, e.g. labels=['cat', 'dog']")
+        raise DataError("give at least one label")
     dup = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
     if dup is not None:
         raise DataError(f"label {dup!r} is given twice; labels must be distinct")
@@ -127,7 +127,7 @@ def read_requests(path: str, required: tuple[str, ...]) -> list[dict]:
     A line that is not a JSON object, or lacks a key, becomes an item with an `error` naming
     the file and line; every item carries its place (`_where`, "FILE:LINE") for later messages.
     """
-    items = []
+    items: list[dict] = []
     for n, row in jsonl_rows(path, "requests"):
         where = f"{path}:{n}"
         if isinstance(row, DataError):
@@ -140,6 +140,9 @@ def read_requests(path: str, required: tuple[str, ...]) -> list[dict]:
             item["error"] = (f"{where}: missing {', '.join(missing)}; each line needs "
                              f"{', '.join(required)}")
         items.append(item)
+    if not items:
+        raise DataError(f"{path}: no requests in this file; write one JSON object per line, "
+                        f"e.g. {{\"image\": \"cat.jpg\", \"{required[-1]}\": \"...\"}}")
     return items
 
 
