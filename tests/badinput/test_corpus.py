@@ -244,7 +244,7 @@ CASES = [
     Case("train-grad-accum-0", ["train", "{configs}/accum0.yaml", "-o", "{out}/run"], 2,
          says=["optim.grad_accum: must be >= 1, got 0"]),
     Case("train-negative-lr", ["train", "{configs}/lr_neg.yaml", "-o", "{out}/run"], 2,
-         says=["optim.lr: must be > 0, got -0.1"]),
+         says=["optim.lr: must be >= 0, got -0.1"]),
     Case("train-negative-workers", ["train", "{configs}/workers_neg.yaml", "-o", "{out}/run"], 2,
          says=["data.num_workers: must be >= 0"]),
     Case("train-negative-max-steps", ["train", "{configs}/steps_neg.yaml", "-o", "{out}/run"], 2,

@@ -132,7 +132,7 @@ def test_itm_needs_an_itm_head(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, allowed", [
-    ("optim.batch_size", 0, ">= 1"), ("optim.grad_accum", 0, ">= 1"), ("optim.lr", -1e-3, "> 0"),
+    ("optim.batch_size", 0, ">= 1"), ("optim.grad_accum", 0, ">= 1"), ("optim.lr", -1e-3, ">= 0"),
     ("data.num_workers", -1, ">= 0"), ("optim.max_steps", -5, ">= 1"), ("optim.epochs", -1, ">= 1"),
     ("checkpointing.every", -1, ">= 0"), ("validation.every", -1, ">= 0"), ("logging.every", 0, ">= 1"),
     ("optim.betas", [0.9], "a list of 2 numbers, each >= 0 and < 1"), ("model.lora.dropout", 1.0, ">= 0 and < 1"),

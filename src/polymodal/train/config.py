@@ -151,7 +151,7 @@ class OptimConfig:
         clip_grad_norm: clip the global gradient norm to this (None: no clipping).
     """
 
-    lr: float = bounded(3e-4, gt=0)
+    lr: float = bounded(3e-4, ge=0)
     weight_decay: float = bounded(0.05, ge=0)
     betas: list = bounded(factory=lambda: [0.9, 0.999], ge=0, lt=1, items=2)
     eps: float = bounded(1e-8, gt=0)
