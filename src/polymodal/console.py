@@ -1,8 +1,8 @@
 """What every `polymodal` command promises the user about errors, in one place.
 
-A `PolymodalError` (a bad config, spec, option or file) ends the command with one line
-`error: <what, where, what to do>` on stderr and exit code 2 (`EXIT_USAGE`), never a
-traceback. Commands that run many items (images, requests, texts) give a failing item an
+A `PolymodalError` (a bad config, spec, option or file) or an OSError (a path that cannot be
+read or written) ends the command with one line `error: <what, where, what to do>` on stderr
+and exit code 2 (`EXIT_USAGE`), never a traceback. Commands that run many items (images, requests, texts) give a failing item an
 `error` row and go on; they exit 1 (`EXIT_ITEMS_FAILED`) after writing every row when any item
 failed. docs/errors.md lists what each kind of bad input gets.
 
@@ -29,11 +29,17 @@ EXIT_USAGE = 2
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a PolymodalError raised in the block into `error: …` on stderr and exit code 2."""
+    """Turn a PolymodalError raised in the block into `error: …` on stderr and exit code 2; so
+    too an OSError, which here means a path the user gave cannot be read or written (an output
+    file that is a folder, a full disk, no permission)."""
     try:
         yield
     except PolymodalError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
