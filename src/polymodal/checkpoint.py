@@ -39,17 +39,27 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, processor=No
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary, shareable folder
     try:
         config = {"polymodal_version": __version__, "model": model.export_spec(),
                   "processor": processor.save(tmp) if processor is not None else None, **meta}
         save_model(model, str(tmp / WEIGHTS_NAME))  # handles tied weights (GPT-2 lm_head / wte)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        _ordinary_permissions(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _ordinary_permissions(directory: Path) -> None:
+    """Give the folder and its files the modes any new file gets here (0777 / 0666 less the
+    umask). mkdtemp makes the folder private and safetensors writes its file 0600, which left
+    model.safetensors unreadable to others while the tokenizer files beside it were not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -1,6 +1,7 @@
 """The `polymodal` command. A thin layer over the Python API (`polymodal.load`, data, train, eval):
 it parses arguments, streams results (JSON lines with `--json`, a table otherwise) and turns
-errors into clear messages and exit codes."""
+errors into clear messages and exit codes (polymodal.console: 0 fine, 1 some items failed,
+2 the command could not run; docs/errors.md)."""
 from __future__ import annotations
 
 import json
@@ -11,14 +12,16 @@ from typing import Callable, Optional
 
 import typer
 
-from polymodal.errors import PolymodalError
+from polymodal.console import EXIT_ITEMS_FAILED, GuardedGroup
+from polymodal.errors import ConfigError, PolymodalError
 from polymodal.infer.loaded import ZERO_SHOT_TEMPLATE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=GuardedGroup, add_completion=False, no_args_is_help=True,
                   help="polymodal: multimodal (vision + language) Transformer models, offline and fast on CPU.")
 
 
 def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    rows = [_printable(r) for r in rows]
     if as_json:
         for r in rows:
             sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -36,7 +39,18 @@ def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
     Console().print(table)
 
 
+def _printable(row: dict) -> dict:
+    """A row without its private keys (`_where`), every text writable as UTF-8: a lone surrogate
+    from a user's input is shown as its escape (\\ud800) instead of failing the output."""
+    def safe(v):
+        return v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+
+    return {k: safe(v) for k, v in row.items() if not k.startswith("_")}
+
+
 def _fmt(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, dict):
@@ -44,50 +58,74 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
-
 def _load(source: str, device: str, bf16: bool = False):
     import polymodal
 
-    try:
-        return polymodal.load(source, device=device, **({"bf16": True} if bf16 else {}))
-    except PolymodalError as exc:
-        _fail(exc)
+    return polymodal.load(source, device=device, **({"bf16": True} if bf16 else {}))
 
 
-def _run_items(items: list[dict], key: str, fn: Callable[[list], list], batch_size: int) -> list[dict]:
-    """Decode every item's image alone (a bad one becomes an `error` row), run `fn` on the good ones
-    in batches; returns rows in input order."""
+def _run_items(items: list[dict], fn: Callable[[list, list], list], batch_size: int,
+               text: str | None = None, image: str | None = "image") -> list[dict]:
+    """Rows for `items`, in input order: `fn(images, items)` runs on a batch of items at a time,
+    and returns one dict of results per item.
+
+    Per-item failure: an item that arrives with an `error` (a bad request line), whose image
+    cannot be read, whose `text` is not a usable text, or that fails when run alone gets an
+    `error` naming it (its `_where`, "FILE:LINE", when it came from a file) and the others go on.
+    A batch that fails is run again one item at a time, so one bad item never fails its
+    neighbours. Images are decoded one batch at a time (memory: one batch, not the folder).
+
+    Args:
+        text: the key of the item's text to check (`question`, `text`), if any.
+        image: the key of the item's image (None: items without images, e.g. texts to embed).
+    """
     from polymodal.data.images import load_image
-    from polymodal.errors import DataError
-    from polymodal.infer.inputs import chunks
+    from polymodal.infer.inputs import check_text, chunks
 
-    rows: list[dict] = []
-    good: list[tuple[int, object]] = []
-    for i, it in enumerate(items):
+    rows = [dict(it) for it in items]
+
+    def failed(i: int, exc: Exception) -> None:
+        where = rows[i].get("_where")
+        rows[i]["error"] = f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)
+
+    def attempt(batch: list[tuple[int, object]]) -> None:  # [(row index, decoded input)]
         try:
-            good.append((i, load_image(it[key])))
-            rows.append(dict(it))
-        except DataError as exc:
-            rows.append({**it, "error": str(exc)})
-    for chunk in chunks(good, batch_size):
-        try:
-            results = fn([g for _, g in chunk], [items[i] for i, _ in chunk])
-            for (i, _), res in zip(chunk, results):
-                rows[i].update(res)
+            results = fn([x for _, x in batch], [items[i] for i, _ in batch])
         except (PolymodalError, ValueError) as exc:
-            for i, _ in chunk:
-                rows[i]["error"] = str(exc)
+            if len(batch) == 1:
+                return failed(batch[0][0], exc)
+            for one in batch:  # one bad item must not fail its neighbours: run each alone
+                attempt([one])
+            return
+        for (i, _), res in zip(batch, results):
+            rows[i].update(res)
+
+    todo = []
+    for i, row in enumerate(rows):
+        if "error" in row:
+            continue
+        try:
+            if text is not None:
+                check_text(row[text], text)
+            todo.append(i)
+        except PolymodalError as exc:
+            failed(i, exc)
+    for chunk in chunks(todo, batch_size):
+        batch = []
+        for i in chunk:
+            try:
+                batch.append((i, load_image(rows[i][image]) if image else rows[i][text]))
+            except PolymodalError as exc:
+                failed(i, exc)
+        if batch:
+            attempt(batch)
     return rows
 
 
 def _finish(rows: list[dict], as_json: bool, columns: list[str]) -> None:
     _emit(rows, as_json, columns)
     if any("error" in r for r in rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ITEMS_FAILED)
 
 
 @app.command("models")
@@ -106,19 +144,20 @@ GEN_HELP = "Generation: --beams, --max-tokens (new tokens), --temperature/--top-
 @app.command("caption")
 def caption_cmd(images: list[str] = typer.Argument(..., help="image files, folders or globs"),
                 model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
-                beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(20, "--max-tokens"),
+                beams: int = typer.Option(1, "--beams", min=1), max_tokens: int = typer.Option(20, "--max-tokens", min=1),
                 temperature: Optional[float] = typer.Option(None, "--temperature"),
                 top_p: float = typer.Option(1.0, "--top-p"), seed: Optional[int] = typer.Option(None, "--seed"),
-                batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                batch_size: int = typer.Option(16, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
                 as_json: bool = typer.Option(False, "--json")):
     """Caption images: one {"image", "caption"} per image."""
-    from polymodal.infer.inputs import expand_images
+    from polymodal.infer.inputs import image_items
+    from polymodal.infer.loaded import GenerationOptions
 
-    m = _load(model, device)
     gen = dict(num_beams=beams, max_new_tokens=max_tokens, do_sample=temperature is not None,
-               temperature=temperature or 1.0, top_p=top_p, seed=seed)
-    items = [{"image": p} for p in expand_images(images)]
-    rows = _run_items(items, "image", lambda ims, _: [{"caption": c} for c in m.caption(ims, **gen)], batch_size)
+               temperature=1.0 if temperature is None else temperature, top_p=top_p, seed=seed)
+    GenerationOptions.of(gen)  # a bad --temperature / --top-p is a usage error, before the model loads
+    m = _load(model, device)
+    rows = _run_items(image_items(images), lambda ims, _: [{"caption": c} for c in m.caption(ims, **gen)], batch_size)
     _finish(rows, as_json, ["image", "caption"])
 
 
@@ -126,59 +165,55 @@ def caption_cmd(images: list[str] = typer.Argument(..., help="image files, folde
 def ask_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str] = typer.Option(None, "--image"),
             question: Optional[str] = typer.Option(None, "--question", "-q"),
             requests: Optional[str] = typer.Option(None, "--requests", help='JSONL of {"image", "question"}'),
-            beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(10, "--max-tokens"),
-            batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+            beams: int = typer.Option(1, "--beams", min=1), max_tokens: int = typer.Option(10, "--max-tokens", min=1),
+            batch_size: int = typer.Option(16, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
             as_json: bool = typer.Option(False, "--json")):
     """Answer a question about an image: {"image", "question", "answer"}."""
     from polymodal.infer.inputs import request_items
 
-    try:
-        items = request_items(requests, image, question, "question")
-    except PolymodalError as exc:
-        _fail(exc)
+    items = request_items(requests, image, question, "question")
     m = _load(model, device)
-    rows = _run_items(items, "image", lambda ims, its: [{"answer": a} for a in m.answer(
-        ims, [it["question"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)
+    rows = _run_items(items, lambda ims, its: [{"answer": a} for a in m.answer(
+        ims, [it["question"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size, text="question")
     _finish(rows, as_json, ["image", "question", "answer"])
 
 
 @app.command("classify")
 def classify_cmd(images: list[str] = typer.Argument(...), model: str = typer.Option(..., "--model", "-m"),
-                 labels: str = typer.Option(..., "--labels", help="comma-separated class names"),
+                 labels: str = typer.Option(..., "--labels", help="comma-separated class names, each once"),
                  template: str = typer.Option(ZERO_SHOT_TEMPLATE, "--template"),
-                 batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+                 batch_size: int = typer.Option(32, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
                  as_json: bool = typer.Option(False, "--json")):
     """Zero-shot classify images over --labels: {"image", "label", "scores"}."""
-    from polymodal.infer.inputs import expand_images
+    from polymodal.infer.inputs import check_labels, image_items
 
-    names = [x.strip() for x in labels.split(",") if x.strip()]
-    if not names:
-        _fail(ValueError("--labels is empty; give e.g. --labels cat,dog"))
+    try:
+        names = check_labels([x.strip() for x in labels.split(",") if x.strip()])
+    except PolymodalError as exc:
+        raise ConfigError(f"--labels: {exc} (e.g. --labels cat,dog)") from None
     m = _load(model, device)
-    items = [{"image": p} for p in expand_images(images)]
-    rows = _run_items(items, "image", lambda ims, _: m.classify(ims, names, template=template), batch_size)
+    rows = _run_items(image_items(images), lambda ims, _: m.classify(ims, names, template=template), batch_size)
     _finish(rows, as_json, ["image", "label", "scores"])
 
 
 @app.command("embed")
 def embed_cmd(inputs: list[str] = typer.Argument(..., help="images (files/folders/globs), or texts with --text"),
               model: str = typer.Option(..., "--model", "-m"), text: bool = typer.Option(False, "--text"),
-              batch_size: int = typer.Option(32, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+              batch_size: int = typer.Option(32, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
               as_json: bool = typer.Option(True, "--json/--table")):
     """Embed images or texts: {"image"|"text", "embedding"} (L2-normalised)."""
-    from polymodal.infer.inputs import expand_images
+    from polymodal.infer.inputs import image_items
 
     m = _load(model, device)
+
+    def vectors(embeddings) -> list[dict]:
+        return [{"embedding": [round(x, 6) for x in e.tolist()]} for e in embeddings]
+
     if text:
-        try:
-            emb = m.embed_texts(inputs)
-        except PolymodalError as exc:
-            _fail(exc)
-        rows = [{"text": t, "embedding": [round(x, 6) for x in e.tolist()]} for t, e in zip(inputs, emb)]
+        rows = _run_items([{"text": t} for t in inputs], lambda texts, _: vectors(m.embed_texts(texts)), batch_size,
+                          text="text", image=None)
         return _finish(rows, as_json, ["text", "embedding"])
-    items = [{"image": p} for p in expand_images(inputs)]
-    rows = _run_items(items, "image", lambda ims, _: [{"embedding": [round(x, 6) for x in e.tolist()]}
-                                                      for e in m.embed_images(ims)], batch_size)
+    rows = _run_items(image_items(inputs), lambda ims, _: vectors(m.embed_images(ims)), batch_size)
     _finish(rows, as_json, ["image", "embedding"])
 
 
@@ -186,19 +221,17 @@ def embed_cmd(inputs: list[str] = typer.Argument(..., help="images (files/folder
 def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Optional[str] = typer.Option(None, "--image"),
                   text: Optional[str] = typer.Option(None, "--text"),
                   requests: Optional[str] = typer.Option(None, "--requests", help='JSONL of {"image", "text"}'),
-                  beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(32, "--max-tokens"),
-                  batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
-                  as_json: bool = typer.Option(False, "--json")):
+                  beams: int = typer.Option(1, "--beams", min=1),
+                  max_tokens: int = typer.Option(32, "--max-tokens", min=1),
+                  batch_size: int = typer.Option(16, "--batch-size", min=1),
+                  device: str = typer.Option("cpu", "--device"), as_json: bool = typer.Option(False, "--json")):
     """Translate a sentence with its image: {"image", "text", "translation"}."""
     from polymodal.infer.inputs import request_items
 
-    try:
-        items = request_items(requests, image, text, "text")
-    except PolymodalError as exc:
-        _fail(exc)
+    items = request_items(requests, image, text, "text")
     m = _load(model, device)
-    rows = _run_items(items, "image", lambda ims, its: [{"translation": t} for t in m.translate(
-        ims, [it["text"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size)
+    rows = _run_items(items, lambda ims, its: [{"translation": t} for t in m.translate(
+        ims, [it["text"] for it in its], num_beams=beams, max_new_tokens=max_tokens)], batch_size, text="text")
     _finish(rows, as_json, ["image", "text", "translation"])
 
 
@@ -206,16 +239,13 @@ def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Option
 def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
                  images: str = typer.Option(..., "--images", help="folder of images (indexed once, reused)"),
                  query: list[str] = typer.Option(..., "--query", help="a text, or an image path (repeatable)"),
-                 top_k: int = typer.Option(5, "--top-k"), device: str = typer.Option("cpu", "--device"),
+                 top_k: int = typer.Option(5, "--top-k", min=1), device: str = typer.Option("cpu", "--device"),
                  as_json: bool = typer.Option(False, "--json")):
     """Text->image or image->image search over a folder: {"query", "image", "score", "rank"}."""
     from polymodal.infer.index import ImageIndex, model_key, query_embedding
 
     m = _load(model, device)
-    try:
-        index, reused = ImageIndex.open(images, m, model_key(model))
-    except PolymodalError as exc:
-        _fail(exc)
+    index, reused = ImageIndex.open(images, m, model_key(model))
     logging.getLogger(__name__).info("index %s (%d images)", "reused" if reused else "built", len(index.paths))
     rows = []
     for q in query:
@@ -229,22 +259,25 @@ def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
 @app.command("compare-fusions")
 def compare_fusions_cmd(data: str = typer.Option(..., "--data", "-d", help="shapes-world directory or VQA spec"),
                         out: str = typer.Option("fusion-comparison", "--out", "-o"),
-                        steps: int = typer.Option(600, "--steps"), batch_size: int = typer.Option(64, "--batch-size"),
+                        steps: int = typer.Option(600, "--steps", min=1),
+                        batch_size: int = typer.Option(64, "--batch-size", min=1),
                         seeds: str = typer.Option("0", "--seeds", help="comma-separated"),
                         fusions: Optional[str] = typer.Option(None, "--fusions",
                                                               help="comma-separated (default: all six modules)"),
-                        dim: int = typer.Option(128, "--dim"),
+                        dim: int = typer.Option(128, "--dim", min=1),
                         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder"),
-                        limit: Optional[int] = typer.Option(None, "--limit", help="evaluate on the first N questions")):
+                        limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                                            help="evaluate on the first N questions")):
     """Train the same VQA model with each fusion module (same data, budget, seeds) and tabulate the results."""
     from polymodal.compare import FUSIONS, compare_fusions
 
     try:
-        compare_fusions(data, out, steps=steps, seeds=[int(s) for s in seeds.split(",")],
-                        fusions=[f.strip() for f in fusions.split(",")] if fusions else FUSIONS, dim=dim,
-                        batch_size=batch_size, tokenizer=tokenizer, eval_limit=limit)
-    except PolymodalError as exc:
-        _fail(exc)
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+    compare_fusions(data, out, steps=steps, seeds=seed_list,
+                    fusions=[f.strip() for f in fusions.split(",")] if fusions else FUSIONS, dim=dim,
+                    batch_size=batch_size, tokenizer=tokenizer, eval_limit=limit)
     typer.echo((Path(out) / "fusion_comparison.md").read_text())
 
 
@@ -255,10 +288,7 @@ def demo_cmd(out: str = typer.Option("demo-out", "--out", help="output directory
     """The whole story on the embedded shapes world: data, pretraining, fine-tuning, evaluation, report."""
     from polymodal.demo import run_demo
 
-    try:
-        run_demo(out, quick=quick, redo=redo)
-    except PolymodalError as exc:
-        _fail(exc)
+    run_demo(out, quick=quick, redo=redo)
 
 
 def task_command(task) -> Callable:
@@ -268,14 +298,14 @@ def task_command(task) -> Callable:
 
     def command(images: list[str] = typer.Argument(..., help="image files, folders or globs"),
                 model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
-                batch_size: int = typer.Option(16, "--batch-size"), device: str = typer.Option("cpu", "--device"),
-                as_json: bool = typer.Option(False, "--json")):
-        from polymodal.infer.inputs import expand_images
+                batch_size: int = typer.Option(16, "--batch-size", min=1),
+                device: str = typer.Option("cpu", "--device"), as_json: bool = typer.Option(False, "--json")):
+        from polymodal.infer.inputs import image_items
 
         m = _load(model, device)
         key = task.prediction_key or task.method
-        items = [{"image": p} for p in expand_images(images)]
-        rows = _run_items(items, "image", lambda ims, _: [{key: v} for v in getattr(m, task.method)(ims)], batch_size)
+        rows = _run_items(image_items(images), lambda ims, _: [{key: v} for v in getattr(m, task.method)(ims)],
+                          batch_size)
         _finish(rows, as_json, ["image", key])
 
     command.__doc__ = (task.__doc__ or f"Run task {task.name}.").strip().splitlines()[0]
@@ -332,8 +362,4 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app()
-    except PolymodalError as exc:  # a last guard: user errors never end in a traceback
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    app()  # errors become messages and exit codes in the command group (polymodal.console)

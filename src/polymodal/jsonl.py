@@ -9,25 +9,49 @@ from typing import Iterator
 from polymodal.errors import DataError
 
 
-def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-empty line of `path`; a DataError names the file and line.
+def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[int, dict | DataError]]:
+    """(line number, object) for each non-empty line of `path`, or (line number, DataError saying
+    what is wrong; the caller adds the place) for a line that is not a JSON object, so a reader can
+    fail that line alone and go on.
+
+    Lines are split on \\n / \\r only (a JSON string may hold U+2028) and decoded one by one: a
+    stray byte that is not UTF-8 spoils its own line, not the file. A UTF-8 byte-order mark is
+    allowed. A file that cannot be read at all is a DataError.
 
     Args:
         what: what the file holds, for messages ("requests", "predictions").
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise DataError(f"{path}: cannot read the {what} file ({exc})") from exc
-    for n, line in enumerate(lines, 1):
+    for n, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield n, DataError(f"not UTF-8 text ({exc}); save the file as UTF-8")
+            continue
+        line = line.lstrip("\ufeff") if n == 1 else line
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{path}:{n}: not JSON ({exc})") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{n}: not a JSON object")
+            yield n, DataError(f"not JSON ({exc})")
+            continue
+        yield n, row if isinstance(row, dict) else DataError(f"not a JSON object but {type(row).__name__}")
+
+
+def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of `path`; the first bad line is a DataError
+    naming the file and line (see `jsonl_rows`).
+
+    Args:
+        what: what the file holds, for messages ("requests", "predictions").
+    """
+    for n, row in jsonl_rows(path, what):
+        if isinstance(row, DataError):
+            raise DataError(f"{path}:{n}: {row}")
         yield n, row
 
 

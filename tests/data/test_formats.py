@@ -191,7 +191,7 @@ def test_field_mapping_and_relative_images(tmp_path):
     reader = open_dataset(spec)
     first = reader[0]
     assert first == {"image": str(tmp_path / "img" / "ok.png"), "caption": "a red square", "box": [1, 1, 5, 5]}
-    with pytest.raises(DataError, match=r"user.jsonl:6: not valid JSON"):
+    with pytest.raises(DataError, match=r"user.jsonl:6: not JSON"):
         list(reader)
     other_root = tmp_path / "elsewhere"
     spec["images"] = str(other_root)

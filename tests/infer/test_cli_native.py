@@ -67,22 +67,25 @@ def test_ask_requests_file_with_an_empty_question(folder, tmp_path):
     rows = _lines(res.stdout)
     assert res.exit_code == 1
     assert rows[0]["answer"] in get_recipe("vqa-tiny")["model"]["labels"]
-    assert "question 0 is empty" in rows[1]["error"]
+    assert rows[1]["error"] == f"{req}:2: question is empty; give a non-empty question"
 
 
-def test_retrieve_builds_then_reuses_the_index(folder, tmp_path):
+def test_retrieve_builds_then_reuses_the_index(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
     ckpt = _save("clip-tiny", tmp_path / "clip")
+    before = sorted(p.name for p in folder.iterdir())
     args = ["retrieve", "--model", ckpt, "--images", str(folder), "--query", "a red circle",
             "--query", str(folder / "img2.png"), "--top-k", "2", "--json"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     rows = _lines(first.stdout)
     assert len(rows) == 4 and rows[2]["image"].endswith("img2.png") and rows[2]["score"] == pytest.approx(1.0, abs=1e-5)
-    index_files = sorted(p.name for p in folder.glob(".polymodal-index-*"))
-    assert len(index_files) == 2
-    mtime = (folder / index_files[1]).stat().st_mtime_ns
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written into the user's folder
+    index_files = sorted((tmp_path / "cache" / "index").iterdir())
+    assert [p.suffix for p in index_files] == [".json", ".safetensors"]
+    mtime = index_files[1].stat().st_mtime_ns
     second = runner.invoke(app, args)
-    assert _lines(second.stdout) == rows and (folder / index_files[1]).stat().st_mtime_ns == mtime
+    assert _lines(second.stdout) == rows and index_files[1].stat().st_mtime_ns == mtime
     # A new image changes the folder: the index is rebuilt and finds it.
     Image.new("RGB", (48, 48), (255, 0, 0)).save(folder / "new.png")
     third = runner.invoke(app, ["retrieve", "--model", ckpt, "--images", str(folder), "--query",
@@ -118,3 +121,23 @@ def test_tables_print_data_text_literally(folder, tmp_path, monkeypatch):
     res = runner.invoke(app, ["caption", "--model", "fake", str(image)], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     assert "a [red] circle on [bold]black[/bold]" in res.stdout and "x[red].png" in res.stdout
+
+
+def test_run_items_decodes_a_batch_at_a_time_and_a_failing_item_fails_alone(folder, monkeypatch):
+    import polymodal.data.images as images
+    from polymodal.cli import _run_items
+
+    events, real = [], images.load_image
+    monkeypatch.setattr(images, "load_image", lambda src, **kw: (events.append("decode"), real(src, **kw))[1])
+    items = [{"image": str(folder / f"img{i}.png")} for i in range(4)]
+
+    def fn(ims, its):
+        events.append(f"run {len(ims)}")
+        if any(it["image"].endswith("img2.png") for it in its):
+            raise ValueError("img2 is not welcome")
+        return [{"ok": True}] * len(ims)
+
+    rows = _run_items(items, fn, batch_size=2)
+    # memory holds one batch of images; the batch with the failing item is rerun item by item
+    assert events == ["decode", "decode", "run 2", "decode", "decode", "run 2", "run 1", "run 1"]
+    assert [r.get("ok") for r in rows] == [True, True, None, True] and rows[2]["error"] == "img2 is not welcome"

@@ -129,3 +129,36 @@ def test_unknown_recipe_names_the_file(tmp_path):
 def test_itm_needs_an_itm_head(tmp_path):
     with pytest.raises(ConfigError, match="objective itm needs a fusion_encoder built with itm: true"):
         _go(tmp_path, "vqa-tiny", "vqa", recs=records("vqa", 32), objectives=["itm"])
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("optim.batch_size", 0, ">= 1"), ("optim.grad_accum", 0, ">= 1"), ("optim.lr", -1e-3, ">= 0"),
+    ("data.num_workers", -1, ">= 0"), ("optim.max_steps", -5, ">= 1"), ("optim.epochs", -1, ">= 1"),
+    ("checkpointing.every", -1, ">= 0"), ("validation.every", -1, ">= 0"), ("logging.every", 0, ">= 1"),
+    ("optim.betas", [0.9], "a list of 2 numbers, each >= 0 and < 1"), ("model.lora.dropout", 1.0, ">= 0 and < 1"),
+    ("seed", -1, ">= 0 and < 4294967296"),
+])
+def test_impossible_values_name_the_file_the_key_and_the_range(tmp_path, key, value, allowed):
+    data = {"model": {"recipe": "clip-tiny"}}
+    node = data
+    for part in key.split(".")[:-1]:
+        node = node.setdefault(part, {})
+    node[key.split(".")[-1]] = value
+    path = _yaml(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_run_config(path)
+    assert str(e.value) == f"{path}: {key}: must be {allowed}, got {value!r}"
+    with pytest.raises(ConfigError, match=f"{key}: must be"):  # the same through --set
+        load_run_config(_yaml(tmp_path, {"model": {"recipe": "clip-tiny"}}, "ok.yaml"), [f"{key}={value}"])
+
+
+def test_yaml_keys_given_twice_and_yes_no_words(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {recipe: clip-tiny}\noptim: {lr: 0.1}\nprecision: no\noptim: {batch_size: 4}\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_config(path)
+    assert str(e.value).startswith(f"{path}:4: key 'optim' is given twice (first on line 2)")
+    path.write_text("model: {recipe: clip-tiny}\nprecision: no\nlogging: {progress: off, plot: yes, tensorboard: false}\n")
+    cfg = load_run_config(path)  # YAML 1.1 would read `no` as False and refuse it
+    assert cfg.precision == "no" and (cfg.logging.progress, cfg.logging.plot, cfg.logging.tensorboard) == (False, True, False)
+    assert load_run_config(path, ["precision=no", "logging.progress=yes"]).logging.progress is True

@@ -1,13 +1,8 @@
 """`polymodal train` turns config mistakes into one clear line and exit code 2."""
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from polymodal.train.cli import train_command
-
-app = typer.Typer()
-app.command("train")(train_command)
-app.command("other")(lambda: None)  # (two commands, as in the real `polymodal` app)
+from polymodal.cli import app
 
 
 def test_unknown_key_is_one_line_naming_key_and_file(tmp_path):

@@ -1,8 +1,10 @@
-"""The field names of a record, defined once.
+"""The field names of a record, defined once, and the one check of a record's fields.
 
 Every reader turns its format into plain dicts with these keys (docs/data.md describes them);
 training, evaluation and the data tools read nothing else. A spec's `fields:` mapping renames
 a user's keys to these. Which of them a task needs is the task's (`polymodal.tasks`, `Task.fields`).
+`check_record` is what `polymodal data validate` reports; `task_problems` is what makes training
+and evaluation skip a record.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ FIELDS: dict[str, str] = {
 #: Text fields that must be non-empty strings when present.
 TEXT_FIELDS = ("caption", "question", "text", "source", "target", "ref", "answer")
 
+
 def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived fields so every reader's records look alike (in place, returns rec).
 
@@ -65,3 +68,59 @@ def missing_fields(rec: dict[str, Any], fields: tuple) -> list[str]:
         if not any(rec.get(n) not in (None, "", []) for n in names):
             out.append(" or ".join(names))
     return out
+
+
+def check_record(rec: dict[str, Any], task=None) -> list[tuple[str, str]]:
+    """Problems of one record, without touching its image: [(kind, message)].
+
+    Kinds: "missing field", "empty text", "bad field".
+
+    Args:
+        task: also require the fields of this task (a `polymodal.tasks.Task`: its `name`, `fields`).
+    """
+    return [(kind, message) for _, kind, message in _problems(rec, task)]
+
+
+def task_problems(rec: dict[str, Any], task) -> list[tuple[str, str]]:
+    """The problems that keep `rec` from serving `task`: fields it lacks, and bad values in the
+    fields the task reads (a bad field the task never reads is left to `polymodal data validate`)."""
+    needed = {n for need in task.fields for n in (need if isinstance(need, tuple) else (need,))}
+    return [(kind, message) for key, kind, message in _problems(rec, task) if key is None or key in needed]
+
+
+def _problems(rec: dict[str, Any], task) -> list[tuple[str | None, str, str]]:
+    """(the field, or None for a missing one; kind; message) for each problem of `rec`."""
+    problems: list[tuple[str | None, str, str]] = []
+    if task is not None:
+        problems += [(None, "missing field", f"no {name} (needed for {task.name})")
+                     for name in missing_fields(rec, task.fields)]
+    for key in TEXT_FIELDS:
+        if key in rec:
+            v = rec[key]
+            if not isinstance(v, str):
+                problems.append((key, "bad field", f"{key} should be text, got {type(v).__name__}"))
+            elif not v.strip():
+                problems.append((key, "empty text", f"{key} is empty"))
+    for key in ("captions", "captions_zh", "answers"):
+        if key in rec:
+            v = rec[key]
+            if not isinstance(v, list) or not v:
+                problems.append((key, "bad field", f"{key} should be a non-empty list of texts"))
+            elif not all(isinstance(x, str) for x in v):
+                problems.append((key, "bad field", f"{key} holds a non-text item"))
+            elif not all(x.strip() for x in v):
+                problems.append((key, "empty text", f"{key} holds an empty text"))
+    if "label" in rec:
+        v = rec["label"]
+        if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, str) and not v.strip()):
+            problems.append(("label", "bad field", f"label should be a class name or number, got {v!r}"))
+    if "box" in rec:
+        b = rec["box"]
+        if (not isinstance(b, (list, tuple)) or len(b) != 4
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)):
+            problems.append(("box", "bad field", f"box should be [x0, y0, x1, y1] numbers, got {b!r}"))
+        elif not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]):
+            problems.append(("box", "bad field", f"box {list(b)} is not x0 < x1, y0 < y1 with non-negative corners"))
+    if "image" in rec and not isinstance(rec["image"], (str, bytes, bytearray)) and not hasattr(rec["image"], "size"):
+        problems.append(("image", "bad field", f"image should be a path, got {type(rec['image']).__name__}"))
+    return problems

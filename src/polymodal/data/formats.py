@@ -26,9 +26,13 @@ from typing import Any, Iterator
 
 from polymodal.data.fields import FIELDS, normalize_record
 from polymodal.errors import ConfigError, DataError
+from polymodal.jsonl import jsonl_rows
 from polymodal.registry import DATASETS
 
 log = logging.getLogger(__name__)
+
+#: the environment variable that lets a `pipe:` WebDataset shard run its shell command (WdsReader)
+ALLOW_PIPE = "POLYMODAL_ALLOW_PIPE"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -170,23 +174,11 @@ class JsonlReader(Reader):
     def _raw(self) -> list[Entry]:
         out = []
         for f in self.files:
-            try:
-                lines = f.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DataError(f"{f}: cannot read ({exc})") from exc
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                where = f"{f}:{n}"
-                try:
-                    rec = json.loads(line)
-                except ValueError as exc:
-                    out.append(Entry(where, error=f"not valid JSON ({exc})"))
-                    continue
-                if not isinstance(rec, dict):
-                    out.append(Entry(where, error=f"a record must be a JSON object, got {type(rec).__name__}"))
-                    continue
-                out.append(Entry(where, rec, root=self.images or f.parent))
+            for n, rec in jsonl_rows(f, "records"):  # a bad line is one bad entry, not a bad file
+                if isinstance(rec, DataError):
+                    out.append(Entry(f"{f}:{n}", error=str(rec)))
+                else:
+                    out.append(Entry(f"{f}:{n}", rec, root=self.images or f.parent))
         return out
 
     def describe(self) -> str:
@@ -529,6 +521,11 @@ class WdsReader(Reader):
     (the image bytes, becoming `image`); plain `KEY.txt` (caption) and `KEY.cls` (label)
     samples, as in LAION-style shards, are read too.
 
+    A `pipe:` shard runs a shell command, so it is opt-in: only when the user running polymodal
+    sets `POLYMODAL_ALLOW_PIPE=1` in the environment. Not a config key or a spec option on
+    purpose: configs and manifests travel (downloaded with a dataset or a recipe), and a file
+    someone else wrote must not be able to run commands on this machine by being read.
+
     Args:
         path: shard paths or URLs with brace ranges, e.g. `shards/train-{000000..000009}.tar`,
             `pipe:curl -s https://host/train-{0..9}.tar` (anything webdataset's gopen opens).
@@ -543,6 +540,11 @@ class WdsReader(Reader):
 
         p = _with_split(str(path), split, "wds")
         self.urls = [u for part in p.split("::") for u in braceexpand.braceexpand(part)]
+        pipes = [u for u in self.urls if u.startswith("pipe:")]
+        if pipes and os.environ.get(ALLOW_PIPE) != "1":
+            raise ConfigError(f"{p}: a pipe: shard runs the shell command {pipes[0][5:].strip()!r}; polymodal runs "
+                              f"such commands only when you set {ALLOW_PIPE}=1 in the environment of this command "
+                              "(a config or manifest cannot allow it); check the command first")
         local = [u for u in self.urls if not _is_url(u)]
         if local and not any(os.path.exists(u) for u in local):
             raise DataError(f"{p}: no shard found; check the path (brace ranges like {{000..009}} are expanded)")
@@ -674,12 +676,9 @@ def _split_tail(rest: str, most: int) -> tuple[str, list[str]]:
 
 
 def _yaml_spec(text: str, where: str) -> dict:
-    import yaml
+    from polymodal.yamlfile import load_yaml
 
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
+    doc = load_yaml(text, where)
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: a dataset spec block must be a mapping with format: and path:")
     return doc

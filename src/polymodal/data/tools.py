@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from polymodal.data.fields import TEXT_FIELDS, missing_fields
+from polymodal.data.fields import TEXT_FIELDS, check_record
 from polymodal.data.formats import Entry, open_dataset, record_to_json
 from polymodal.data.images import MAX_PIXELS, load_image
 from polymodal.errors import ConfigError, DataError
@@ -22,53 +22,10 @@ from polymodal.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def check_record(rec: dict, task=None) -> list[tuple[str, str]]:
-    """Problems of one record, without touching its image: [(kind, message)].
-
-    Kinds: "missing field", "empty text", "bad field".
-
-    Args:
-        task: also require the fields of this task (a `polymodal.tasks.Task`: its `name`, `fields`).
-    """
-    problems = []
-    if task is not None:
-        problems += [("missing field", f"no {name} (needed for {task.name})")
-                     for name in missing_fields(rec, task.fields)]
-    for key in TEXT_FIELDS:
-        if key in rec:
-            v = rec[key]
-            if not isinstance(v, str):
-                problems.append(("bad field", f"{key} should be text, got {type(v).__name__}"))
-            elif not v.strip():
-                problems.append(("empty text", f"{key} is empty"))
-    for key in ("captions", "captions_zh", "answers"):
-        if key in rec:
-            v = rec[key]
-            if not isinstance(v, list) or not v:
-                problems.append(("bad field", f"{key} should be a non-empty list of texts"))
-            elif not all(isinstance(x, str) for x in v):
-                problems.append(("bad field", f"{key} holds a non-text item"))
-            elif not all(x.strip() for x in v):
-                problems.append(("empty text", f"{key} holds an empty text"))
-    if "label" in rec:
-        v = rec["label"]
-        if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, str) and not v.strip()):
-            problems.append(("bad field", f"label should be a class name or number, got {v!r}"))
-    if "box" in rec:
-        b = rec["box"]
-        if (not isinstance(b, (list, tuple)) or len(b) != 4
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)):
-            problems.append(("bad field", f"box should be [x0, y0, x1, y1] numbers, got {b!r}"))
-        elif not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]):
-            problems.append(("bad field", f"box {list(b)} is not x0 < x1, y0 < y1 with non-negative corners"))
-    if "image" in rec and not isinstance(rec["image"], (str, bytes, bytearray)) and not hasattr(rec["image"], "size"):
-        problems.append(("bad field", f"image should be a path, got {type(rec['image']).__name__}"))
-    return problems
-
-
 def validate(spec, split: str | None = None, task=None, decode: bool = True,
              max_errors: int = 10, max_pixels: int = MAX_PIXELS) -> dict:
-    """Check every record of a spec; return counts and the first offending records.
+    """Check every record of a spec (fields, images, ids unique); return counts and the first
+    offending records.
 
     Args:
         spec: a dataset spec (see polymodal.data.formats).
@@ -84,6 +41,7 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
     """
     reader = open_dataset(spec, split)
     seen: dict[str, str | None] = {}  # image path -> problem (None when fine)
+    ids: dict[str, str] = {}  # record id -> where it first appeared
     kinds: Counter = Counter()
     first: list[dict] = []
     n = ok = 0
@@ -93,6 +51,12 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
             found = [("unreadable record", e.error)]
         else:
             found = check_record(e.record, task)
+            rid = e.record.get("id")
+            if isinstance(rid, str) and rid in ids:
+                found.append(("duplicate id", f"id {rid!r} is also the id of {ids[rid]}; ids must be unique "
+                                              "(predictions and metrics are keyed by them)"))
+            elif isinstance(rid, str):
+                ids[rid] = e.where
             img = e.record.get("image")
             if isinstance(img, (str, bytes, bytearray)) or hasattr(img, "size"):
                 found += _check_image(img, seen, decode, max_pixels, e.record.get("box"))
@@ -328,10 +292,13 @@ def fit_tokenizer(specs: list[str], out: str | os.PathLike, split: str = "train"
 
     texts: list[str] = []
     for spec in specs:
-        for rec in open_dataset(spec, split):
+        for e in open_dataset(spec, split).entries():
+            if e.error is not None:  # an unreadable record has no texts to give; the others do
+                log.warning("tokenizer: skipped %s: %s", e.where, e.error)
+                continue
             for key in (*TEXT_FIELDS, "captions", "captions_zh", "answers"):
-                value = rec.get(key)
-                texts += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+                value = e.record.get(key)
+                texts += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str) and t.strip()]
     if not texts:
         raise DataError(f"{', '.join(specs)}: no texts to fit a tokenizer to")
     path = train_tokenizer(texts, out, vocab_size=vocab_size)

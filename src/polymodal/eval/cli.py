@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from polymodal.errors import PolymodalError
+from polymodal.errors import DataError, PolymodalError
 
 
 def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or a shapes-world directory"),
@@ -21,29 +21,30 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
                                                             "JSON array (official COCO / VQA result files)"),
              split: Optional[str] = typer.Option(None, "--split", "-s"),
              out: Optional[str] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
-             limit: Optional[int] = typer.Option(None, "--limit", help="only the first N records"),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N records"),
              lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
              baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
              save_predictions: Optional[str] = typer.Option(None, "--save-predictions",
                                                             help="write the predictions: FILE.json as a JSON array "
                                                                  "(the official result format), else JSON Lines"),
-             beams: int = typer.Option(1, "--beams"), max_tokens: int = typer.Option(32, "--max-tokens"),
-             batch_size: int = typer.Option(32, "--batch-size"),
+             beams: int = typer.Option(1, "--beams", min=1), max_tokens: int = typer.Option(32, "--max-tokens", min=1),
+             batch_size: int = typer.Option(32, "--batch-size", min=1),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
     from polymodal.eval.run import evaluate, finite, write_predictions
     from polymodal.tasks import get_task
 
+    spec = get_task(task)
+    # Generation settings for the tasks whose model writes text (the task may fix the length).
+    gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
     try:
-        spec = get_task(task)
-        # Generation settings for the tasks whose model writes text (the task may fix the length).
-        gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
         result = evaluate(spec, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,
                           keep_predictions=bool(save_predictions), **(gen if model else {}))
-    except (PolymodalError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+    except ValueError as exc:  # a metric refusing the data; PolymodalErrors are the command group's
+        if isinstance(exc, PolymodalError):
+            raise
+        raise DataError(str(exc)) from exc
     result["model"] = model or predictions
     preds = result.pop("predictions", None)
     if save_predictions and preds is not None:

@@ -37,16 +37,35 @@ from polymodal.tasks import Task, get_task
 log = logging.getLogger(__name__)
 
 
-def _records(data, task: Task, split: str | None, limit: int | None) -> list[dict]:
+def _records(data, task: Task, split: str | None, limit: int | None, check_images: bool):
+    """The records to score (the first `limit`), and the `Skips` of those left out: unreadable
+    records, records lacking what the task needs and, when a model runs (`check_images`),
+    records whose image cannot be read. Each image is decoded once to check it, however many
+    records share it; the model reads it again later, a batch at a time."""
     from polymodal.data import open_dataset
+    from polymodal.data.dataset import BadRecord, Skips, checked_image, checked_record
 
-    # a shapes-world dir reads the task's record file
-    recs = list(open_dataset(data, split, shapes_file=task.shapes_file))
-    if limit:
-        recs = recs[:limit]
+    reader = open_dataset(data, split, shapes_file=task.shapes_file)  # a shapes dir: the task's file
+    recs, skips, readable = [], Skips(), set()
+    for e in reader.entries():
+        if limit and len(recs) >= limit:
+            break
+        try:
+            rec = checked_record(e, task)
+            image = rec.get("image")
+            if check_images and image is not None and not (isinstance(image, str) and image in readable):
+                checked_image(image, e)
+                if isinstance(image, str):
+                    readable.add(image)
+            recs.append(rec)
+        except BadRecord as exc:
+            skips.add(exc.kind, str(exc))
     if not recs:
-        raise DataError(f"{data}: no records for split {split or '(default)'}")
-    return recs
+        raise DataError(f"{data}: no usable records for split {split or '(default)'}"
+                        + (f"; {skips.summary()}" if skips.count else ""))
+    if skips.count:
+        log.warning("%s", skips.summary())
+    return recs, skips
 
 
 def _task(task: str | Task) -> Task:
@@ -136,12 +155,14 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
         generation: passed to the model's generation (num_beams, max_new_tokens, ...).
 
     Returns:
-        {"task", "data", "split", "n", "metrics": {...}, ["baseline": {...}], "seconds"}
+        {"task", "data", "split", "n", "metrics": {...}, ["skipped": {"count", "summary"}],
+         ["baseline": {...}], "seconds"}; `n` counts the records scored: bad ones (unreadable, a
+        field missing, an unreadable image) are skipped, counted and logged, never fatal.
     """
     task = _task(task)
     if (model is None) == (predictions is None):
         raise DataError("give a model or a predictions file (exactly one)")
-    recs = _records(data, task, split, limit)
+    recs, skips = _records(data, task, split, limit, check_images=model is not None)
     t0 = time.perf_counter()
     if predictions is not None:
         preds = read_predictions(predictions, task)
@@ -159,6 +180,8 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     seconds = time.perf_counter() - t0
     result = {"task": task.name, "data": str(data), "split": split, "n": len(recs),
               "metrics": task.score(preds, recs, lang=lang), "seconds": round(seconds, 3)}
+    if skips.count:
+        result["skipped"] = {"count": skips.count, "summary": skips.summary()}
     if baseline:
         result["baseline"] = task.score(task.shuffled(preds), recs, lang=lang)
     if keep_predictions and task.prediction_key is not None:

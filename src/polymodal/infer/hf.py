@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from polymodal.errors import CheckpointError, ConfigError, DataError
-from polymodal.infer.inputs import IMAGE_SUFFIXES, as_image_list, batches, read_image
+from polymodal.infer.inputs import IMAGE_SUFFIXES, as_image_list, batches, check_labels, check_texts, read_image
 from polymodal.infer.loaded import HF_BATCH_SIZE, ZERO_SHOT_TEMPLATE, GenerationOptions, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,6 @@ class HFModel(LoadedModel):
 
     def _decode(self, ids) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
-def _texts(texts, what: str = "texts") -> list[str]:
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise DataError(f"{what} must be strings; item #{bad[0]} is a {type(texts[bad[0]]).__name__}")
-    return texts
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +260,7 @@ class HFBlipVQA(HFModel):
             max_length ... seed, batch_size: as for `caption`.
         """
         images = as_image_list(images)
-        questions = _texts(questions, "questions")
+        questions = check_texts(questions, "question")
         if len(questions) == 1 and len(images) > 1:
             questions = questions * len(images)
         if len(questions) != len(images):
@@ -355,7 +347,7 @@ class HFClip(HFModel):
 
     def embed_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """L2-normalised text embeddings, float32 numpy (N, D)."""
-        return self._text_embeddings(_texts(texts), batch_size).cpu().numpy()
+        return self._text_embeddings(check_texts(texts), batch_size).cpu().numpy()
 
     # -- tasks ------------------------------------------------------------------------------
     def classify(self, images: Sequence[Any], labels: Sequence[str],
@@ -371,12 +363,7 @@ class HFClip(HFModel):
             per image {"label": best label, "scores": {label: probability}}; CLIP's
             probabilities sum to 1 over the labels, SigLIP's are independent sigmoids.
         """
-        labels = _texts(labels, "labels")
-        if not labels:
-            raise DataError("classify needs at least one label")
-        if len(set(labels)) != len(labels):
-            dup = next(lab for lab in labels if labels.count(lab) > 1)
-            raise DataError(f"label {dup!r} is given twice; labels must be distinct")
+        labels = check_labels(labels)
         if not isinstance(template, str) or template.count("{}") != 1:
             raise ConfigError(f"template must contain '{{}}' once, where the label goes; got {template!r}")
         text = self._text_embeddings([template.format(lab) for lab in labels], batch_size)  # (L, D)

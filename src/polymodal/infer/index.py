@@ -1,10 +1,13 @@
 """A retrieval index over a folder of images, embedded once and reused while nothing changes.
 
-The index lives next to the images as `.polymodal-index-<model key>.safetensors` (embeddings)
-plus a `.json` listing (relative path, size, mtime) of what was embedded. A changed, added or
-removed file makes the listing differ and the folder is embedded again. Search is exact
-(a matrix product) unless `faiss-cpu` is installed, in which case a FAISS inner-product index
-is used; both give the same ranking on normalised embeddings.
+The index lives in the user's cache, never in the image folder (which may be read-only, shared
+or under version control): `index_dir()` (`$POLYMODAL_CACHE/index`, else
+`$XDG_CACHE_HOME/polymodal/index`, else `~/.cache/polymodal/index`) holds
+`<folder key>-<model key>.safetensors` (embeddings) plus a `.json` listing (relative path,
+size, mtime) of what was embedded. A changed, added or removed file makes the listing differ
+and the folder is embedded again, one batch of images at a time. Search is exact (a matrix
+product) unless `faiss-cpu` is installed, in which case a FAISS inner-product index is used;
+both give the same ranking on normalised embeddings.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ import numpy as np
 import torch
 
 from polymodal.data.images import load_image
-from polymodal.errors import DataError, PolymodalError
-from polymodal.infer.inputs import IMAGE_SUFFIXES
+from polymodal.errors import DataError
+from polymodal.infer.inputs import IMAGE_SUFFIXES, check_text
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,13 @@ def model_key(source: str) -> str:
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def index_dir() -> Path:
+    """Where image indexes are kept: `$POLYMODAL_CACHE/index`, else the user's cache folder."""
+    if os.environ.get("POLYMODAL_CACHE"):
+        return Path(os.environ["POLYMODAL_CACHE"]).expanduser() / "index"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polymodal" / "index"
 
 
 def _listing(folder: Path) -> list[list]:
@@ -64,7 +74,8 @@ class ImageIndex:
         if not folder.is_dir():
             raise DataError(f"{folder}: not a folder of images")
         listing = _listing(folder)
-        base = folder / f".polymodal-index-{key}"
+        folder_key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+        base = index_dir() / f"{folder_key}-{key}"
         meta_file, emb_file = base.with_suffix(".json"), base.with_suffix(".safetensors")
         if meta_file.is_file() and emb_file.is_file():
             try:
@@ -74,22 +85,31 @@ class ImageIndex:
                     return cls(folder, meta["paths"], emb, meta.get("failed", {})), True
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable index %s (%s); rebuilding", base, exc)
-        paths, images, failed = [], [], {}
-        for rel, _, _ in listing:
-            try:
-                images.append(load_image(folder / rel))
-                paths.append(rel)
-            except DataError as exc:
-                failed[rel] = str(exc)
-        if not images:
-            raise DataError(f"{folder}: no readable images to index")
-        chunks = [model.embed_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        paths, chunks, failed = [], [], {}
+        for batch in (listing[i:i + batch_size] for i in range(0, len(listing), batch_size)):
+            images = []  # decoded one batch at a time: memory holds a batch, not the folder
+            for rel, _, _ in batch:
+                try:
+                    images.append(load_image(folder / rel))
+                    paths.append(rel)
+                except DataError as exc:
+                    failed[rel] = str(exc)
+            if images:
+                chunks.append(model.embed_images(images))
+        if not paths:
+            raise DataError(f"{folder}: no readable images to index"
+                            + (f" ({len(failed)} unreadable, e.g. {next(iter(failed.values()))})" if failed else ""))
         emb = torch.from_numpy(np.concatenate(chunks).astype(np.float32))
-        tmp_emb, tmp_meta = Path(f"{emb_file}.tmp"), Path(f"{meta_file}.tmp")
-        save_file({"embeddings": emb}, str(tmp_emb))
-        tmp_meta.write_text(json.dumps({"listing": listing, "paths": paths, "failed": failed}))
-        os.replace(tmp_emb, emb_file)
-        os.replace(tmp_meta, meta_file)
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            tmp_emb, tmp_meta = Path(f"{emb_file}.tmp"), Path(f"{meta_file}.tmp")
+            save_file({"embeddings": emb}, str(tmp_emb))
+            tmp_meta.write_text(json.dumps({"folder": str(folder.resolve()), "listing": listing, "paths": paths,
+                                            "failed": failed}))
+            os.replace(tmp_emb, emb_file)
+            os.replace(tmp_meta, meta_file)
+        except OSError as exc:  # an unwritable cache costs the reuse, not the search
+            log.warning("could not save the index in %s (%s); it will be built again next time", base.parent, exc)
         return cls(folder, paths, emb, failed), False
 
     def search(self, query: np.ndarray, top_k: int = 5) -> list[dict]:
@@ -112,6 +132,4 @@ def query_embedding(model, query: str) -> np.ndarray:
     p = Path(query)
     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
         return model.embed_images([load_image(p)])[0]
-    if not query.strip():
-        raise PolymodalError("the query is empty; give a text or the path of an image")
-    return model.embed_texts([query])[0]
+    return model.embed_texts([check_text(query, "query")])[0]

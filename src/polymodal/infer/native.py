@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.infer.inputs import as_image_list, chunks
+from polymodal.infer.inputs import as_image_list, check_labels, check_texts, chunks
 from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
                                     LoadedModel)
 from polymodal.models.families import FusionEncoder
@@ -63,7 +63,7 @@ class NativeModel(LoadedModel):
         if "embed_texts" not in self.tasks:
             self._unsupported("embed texts")
         out = []
-        for chunk in chunks(list(texts), self.batch_size):
+        for chunk in chunks(check_texts(texts), self.batch_size):
             with self._autocast():
                 e = self.model.encode_text(**self._tokens(chunk))
             out.append(e.float().cpu())
@@ -92,9 +92,7 @@ class NativeModel(LoadedModel):
             probs = self._fusion_probs(images, texts)
             names = m.labels
         else:
-            if not labels:
-                raise ValueError("zero-shot classification needs labels, e.g. labels=['cat', 'dog']")
-            names = list(labels)
+            names = check_labels(labels or [])
             t = torch.from_numpy(self.embed_texts([template.format(x) for x in names]))  # (L, E)
             scale = float(m.logit_scale.exp().clamp(max=100.0))
             probs = (scale * torch.from_numpy(self.embed_images(images)) @ t.T).softmax(-1)  # (N, L)
@@ -138,7 +136,7 @@ class NativeModel(LoadedModel):
         images = as_image_list(images)
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
-        _check_texts(questions, "question")
+        check_texts(questions, "question")
         if isinstance(self.model, FusionEncoder):
             probs = self._fusion_probs(images, list(questions))
             return [self.model.labels[int(i)] for i in probs.argmax(-1)]
@@ -150,7 +148,7 @@ class NativeModel(LoadedModel):
         images = as_image_list(images)
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images but {len(texts)} sentences; give one sentence per image")
-        _check_texts(texts, "sentence")
+        check_texts(texts, "sentence")
         return self._generate(images, list(texts), **generation)
 
 
@@ -162,12 +160,6 @@ def _kind(task: str) -> str:
         return get_task(task).kind
     except ConfigError:  # a checkpoint of a task registered elsewhere
         return "model"
-
-
-def _check_texts(texts: Sequence[str], what: str) -> None:
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"{what} {i} is empty; give a non-empty {what}")
 
 
 def load_native(path: Path, device: str = "cpu", **kwargs) -> NativeModel:

@@ -9,10 +9,9 @@ import copy
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from polymodal.errors import ConfigError
 from polymodal.registry import RECIPES
+from polymodal.yamlfile import read_yaml
 
 RECIPE_KEYS = {"description", "task", "model", "processor"}
 
@@ -23,10 +22,7 @@ def _recipe_dir() -> Path:
 
 def read_recipe_file(path: Path) -> dict:
     """Parse one recipe YAML strictly (unknown top-level keys are an error naming the file)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(path)
     if not isinstance(data, dict) or "model" not in data:
         raise ConfigError(f"{path}: a recipe is a mapping with at least a 'model' key")
     unknown = set(data) - RECIPE_KEYS

@@ -15,19 +15,19 @@ import torch
 from polymodal.errors import ConfigError, DataError
 
 
-def open_records(spec: str, split: str, where: str, seed: int, train: bool,
-                 shapes_file: str | None = None) -> Sequence[dict]:
+def open_records(spec: str, split: str, where: str, seed: int, train: bool, task=None) -> Sequence[dict]:
     """The map-style torch dataset of `spec` / `split` (images decoded by the data module).
 
-    A bad record is replaced by the next good one in training (batches keep their size) and
-    dropped in validation (nothing counted twice); `dataset.skipped` counts them. A shapes-world
-    directory reads the record file `shapes_file` (the task's).
+    A bad record (unreadable, its image unreadable, or lacking a field `task` needs) is replaced
+    by the next good one in training (batches keep their size) and dropped in validation
+    (nothing counted twice); `dataset.skips` counts them by kind for the report at the end. A
+    shapes-world directory reads the task's record file (`Task.shapes_file`).
     """
     from polymodal.data.dataset import RecordDataset, build_dataset
 
     try:
         data = build_dataset(spec, split, seed=seed, on_error="replace" if train else "drop",
-                             shapes_file=shapes_file)
+                             shapes_file=task and task.shapes_file, task=task)
     except (ConfigError, DataError) as exc:
         if str(exc).startswith(where):
             raise
@@ -40,14 +40,34 @@ def open_records(spec: str, split: str, where: str, seed: int, train: bool,
     return data
 
 
-def plain_records(data: Sequence[dict]) -> list[dict]:
-    """The records of a dataset as read (images not decoded): what a task's `labels()` reads."""
-    return [data.reader[i] if hasattr(data, "reader") else data[i] for i in range(len(data))]
+def plain_records(data: Sequence[dict]) -> list[dict | None]:
+    """The records of a dataset as read (images not decoded), None for one that cannot be read."""
+    if not hasattr(data, "reader"):
+        return [data[i] for i in range(len(data))]
+    reader = data.reader
+    return [reader.entry(i).record if hasattr(reader, "entry") else reader[i] for i in range(len(data))]
+
+
+def usable_records(data: Sequence[dict], task) -> list[dict]:
+    """The records `task` can use (readable, with the fields it needs): what its `labels()` reads."""
+    from polymodal.data.fields import task_problems
+
+    return [r for r in plain_records(data) if r is not None and not task_problems(r, task)]
+
+
+def skip_report(data) -> dict | None:
+    """{"count", "summary"} of the bad records a dataset skipped so far; None when it skipped none."""
+    skips = getattr(data, "skips", None)
+    if skips is None or not skips.count:
+        return None
+    return {"count": skips.count, "summary": skips.summary()}
 
 
 def image_keys(data: Sequence[dict]) -> list:
-    """Each record's image key (`image_id`, else the `image` path): what `group_by_image` groups by."""
-    return [r.get("image_id") or str(r.get("image")) for r in plain_records(data)]
+    """Each record's image key (`image_id`, else the `image` path): what `group_by_image` groups by.
+    A record that cannot be read is a group of its own."""
+    return [(r.get("image_id") or str(r.get("image"))) if r is not None else ("unreadable", i)
+            for i, r in enumerate(plain_records(data))]
 
 
 def micro_batches_per_epoch(n: int, batch_size: int, world: int, accum: int) -> int:

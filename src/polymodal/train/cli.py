@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from polymodal.errors import PolymodalError
+from polymodal.console import GuardedCommand
 
 
 def train_command(
@@ -30,15 +30,11 @@ def train_command(
     from polymodal.train.trainer import train
 
     logging.getLogger("polymodal").setLevel(logging.INFO)
-    try:
-        result = train(config, overrides=list(set_ or []), output_dir=output_dir, resume=resume)
-    except PolymodalError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+    result = train(config, overrides=list(set_ or []), output_dir=output_dir, resume=resume)
     summary = {"output_dir": str(result.output_dir), "step": result.step,
                "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
                "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-               "best_value": result.best_value, "stopped_early": result.stopped_early}
+               "best_value": result.best_value, "stopped_early": result.stopped_early, "skipped": result.skipped}
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
@@ -49,5 +45,5 @@ def train_command(
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app = typer.Typer(add_completion=False)
-    app.command()(train_command)
+    app.command(cls=GuardedCommand)(train_command)  # errors as messages, as under `polymodal train`
     app()

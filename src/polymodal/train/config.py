@@ -5,9 +5,13 @@
     data: {train: "shapes:data/shapes", val: "shapes:data/shapes"}
     optim: {lr: 3.0e-4, max_steps: 2000, batch_size: 32}
 
-Every section is a dataclass whose field names are the YAML keys; an unknown key is a
-`ConfigError` naming the key and the file (or the `--set` it came from). The fully resolved
-config (defaults filled in, objectives and precision resolved) is written to the run directory.
+Every section is a dataclass whose field names are the YAML keys; an unknown key, a value of
+the wrong type or outside its field's range (`bounded`: `batch_size: 0`, a negative `lr`) is a
+`ConfigError` naming the file (or the `--set` it came from), the key path and what is allowed.
+The YAML is read by polymodal.yamlfile: a key given twice is an error, and `yes` / `no` / `on`
+/ `off` stay strings (`precision: no`), which fields that want a boolean accept. The fully
+resolved config (defaults filled in, objectives and precision resolved) is written to the run
+directory.
 """
 from __future__ import annotations
 
@@ -23,6 +27,42 @@ import yaml
 
 from polymodal.errors import ConfigError
 from polymodal.registry import type_ok
+from polymodal.yamlfile import load_yaml, read_yaml
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number field allows (each item, for a list of numbers): ge <= x <= le,
+    gt < x < lt; `items`: a list of exactly that many numbers. None passes where the field
+    allows None."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    items: int | None = None
+
+    def holds(self, value) -> bool:
+        if isinstance(value, (list, tuple)):
+            return (self.items is None or len(value) == self.items) and all(map(self._number_holds, value))
+        return self._number_holds(value)
+
+    def _number_holds(self, x) -> bool:
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            return False
+        return ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+                and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+
+    def __str__(self) -> str:
+        parts = [f"{op} {v if isinstance(v, int) else f'{v:g}'}"
+                 for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        text = " and ".join(parts)
+        return f"a list of {self.items} numbers, each {text}" if self.items else text
+
+
+def bounded(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits) -> Any:
+    """A config field whose value must lie in `Range(**limits)`, e.g. `batch_size: int = bounded(32, ge=1)`."""
+    return field(default=default, default_factory=factory, metadata={"range": Range(**limits)})
 
 
 @dataclass
@@ -35,9 +75,9 @@ class LoraConfig:
         train_also: top-level model parts kept fully trainable (new task heads, e.g. "classifier").
     """
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = bounded(8, ge=1)
+    alpha: int = bounded(16, gt=0)
+    dropout: float = bounded(0.0, ge=0, lt=1)
     target_modules: list = field(default_factory=lambda: ["query", "value", "c_attn"])
     train_also: list = field(default_factory=lambda: ["classifier", "itm_head", "mlm_head", "image_proj",
                                                       "text_proj", "logit_scale"])
@@ -88,8 +128,8 @@ class DataConfig:
     val: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    num_workers: int = 0
-    max_val_samples: int | None = None
+    num_workers: int = bounded(0, ge=0)
+    max_val_samples: int | None = bounded(None, ge=1)
     text_field: str | None = None
     group_by_image: bool = False
 
@@ -111,18 +151,18 @@ class OptimConfig:
         clip_grad_norm: clip the global gradient norm to this (None: no clipping).
     """
 
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0
+    lr: float = bounded(3e-4, ge=0)
+    weight_decay: float = bounded(0.05, ge=0)
+    betas: list = bounded(factory=lambda: [0.9, 0.999], ge=0, lt=1, items=2)
+    eps: float = bounded(1e-8, gt=0)
+    warmup_steps: int = bounded(0, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    grad_accum: int = 1
-    clip_grad_norm: float | None = 1.0
+    min_lr_ratio: float = bounded(0.0, ge=0, le=1)
+    epochs: int = bounded(1, ge=1)
+    max_steps: int | None = bounded(None, ge=1)
+    batch_size: int = bounded(32, ge=1)
+    grad_accum: int = bounded(1, ge=1)
+    clip_grad_norm: float | None = bounded(1.0, gt=0)
 
 
 @dataclass
@@ -131,18 +171,18 @@ class CheckpointConfig:
 
     Args:
         every: write `step-NNNNNN/` every this many optimizer steps (0: only at the end).
-        keep_last: how many step checkpoints to keep (older ones are deleted).
+        keep_last: how many step checkpoints to keep (older ones are deleted; 0: keep all).
         best_metric: the validation value that picks `best/` (a key of the validation log,
             e.g. "val/loss", "val/classification/acc").
         mode: whether a smaller ("min") or larger ("max") `best_metric` is better.
         early_stopping_patience: stop after this many validations without improvement (None: never).
     """
 
-    every: int = 500
-    keep_last: int = 2
+    every: int = bounded(500, ge=0)
+    keep_last: int = bounded(2, ge=0)
     best_metric: str = "val/loss"
     mode: Literal["min", "max"] = "min"
-    early_stopping_patience: int | None = None
+    early_stopping_patience: int | None = bounded(None, ge=1)
 
 
 @dataclass
@@ -152,8 +192,8 @@ class ValidationConfig:
         batch_size: validation batch size per process (default: the training batch size).
     """
 
-    every: int = 0
-    batch_size: int | None = None
+    every: int = bounded(0, ge=0)
+    batch_size: int | None = bounded(None, ge=1)
 
 
 @dataclass
@@ -165,7 +205,7 @@ class LoggingConfig:
         plot: draw `curves.png` (training and validation curves) at each checkpoint.
     """
 
-    every: int = 10
+    every: int = bounded(10, ge=1)
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
@@ -184,7 +224,7 @@ class RunConfig:
         precision: "bf16" (autocast), "fp16" (autocast + loss scaling, GPU only), "no" (fp32),
             or "auto" (bf16 where it is faster: GPUs with bf16, CPUs with AMX; fp32 otherwise).
         output_dir: the run directory (checkpoints, logs, resolved config).
-        seed: seeds model initialisation, data order, dropout and masking.
+        seed: seeds model initialisation, data order, dropout and masking (0 <= seed < 2**32).
     """
 
     model: ModelConfig
@@ -197,7 +237,7 @@ class RunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     output_dir: str = "runs/run"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=2 ** 32)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,14 +270,22 @@ def from_dict(cls, data: Any, where: str, source: str):
         value, hint = data[name], hints[name]
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()) and type_ok(1.0, hint):
             value = float(value)  # PyYAML reads `lr: 3e-4` (no dot) as a string
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS and type_ok(True, hint) and not type_ok(value, hint):
+            value = _BOOL_WORDS[value.lower()]  # `progress: no` (polymodal.yamlfile keeps it a string)
         sub = _dataclass_in(hint)
+        limits = f.metadata.get("range")
         if sub is not None and value is not None:
             kwargs[name] = from_dict(sub, value, _join(where, name), source)
         elif not type_ok(value, hint):
             raise ConfigError(f"{source}: {_join(where, name)}: expected {_hint_name(hint)}, got {value!r}")
+        elif limits is not None and value is not None and not limits.holds(value):
+            raise ConfigError(f"{source}: {_join(where, name)}: must be {limits}, got {value!r}")
         else:
             kwargs[name] = copy.deepcopy(value)
     return cls(**kwargs)
+
+
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
 
 
 def _dataclass_in(hint) -> type | None:
@@ -268,10 +316,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [k for k in key.strip().split(".")]
     if not all(path):
         raise ConfigError(f"--set {text!r}: empty key segment in {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
+    value = load_yaml(raw, f"--set {text!r}") if raw.strip() else None
     # YAML 1.1 reads "1e-3" as a string; a float is what anyone typing it means.
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         value = float(value)
@@ -302,13 +347,11 @@ def load_run_config(source: str | Path | dict | RunConfig, overrides: list[str] 
     """Read a run config from a YAML file (or a mapping), apply `--set` overrides, check it strictly.
 
     Args:
-        source: a YAML path, a mapping with the same layout, or a RunConfig (returned as is
-            when there are no overrides).
+        source: a YAML path, a mapping with the same layout, or a RunConfig (checked like the
+            others; the result is a new RunConfig).
         overrides: `["optim.lr=1e-3", "model.freeze=[vision]"]`.
     """
     if isinstance(source, RunConfig):
-        if not overrides:
-            return source
         source = source.to_dict()
     if isinstance(source, dict):
         raw, name = source, "config"
@@ -316,10 +359,7 @@ def load_run_config(source: str | Path | dict | RunConfig, overrides: list[str] 
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raw = read_yaml(path) or {}
         name = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: a run config is a mapping (task, model, data, optim, ...)")

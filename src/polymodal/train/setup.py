@@ -49,10 +49,7 @@ def build_for_training(cfg: ModelConfig, source: str) -> ModelSetup:
     ckpt = read_config(cfg.init_from) if cfg.init_from else None
     task, proc_spec, proc_dir = None, {}, None
     if cfg.recipe is not None:
-        try:
-            recipe = get_recipe(cfg.recipe)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: model.recipe: {exc}") from exc
+        recipe = _recipe(cfg, source)
         spec, proc_spec, task = recipe["model"], recipe.get("processor") or {}, recipe.get("task")
     elif cfg.spec is not None:
         spec = cfg.spec
@@ -79,24 +76,28 @@ def build_for_training(cfg: ModelConfig, source: str) -> ModelSetup:
 def recipe_task(cfg: ModelConfig, source: str) -> str | None:
     """The task a model config implies: its recipe's, else its init_from checkpoint's."""
     from polymodal.checkpoint import read_config
-    from polymodal.models.recipes import get_recipe
 
     if cfg.recipe is not None:
-        try:
-            return get_recipe(cfg.recipe).get("task")
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: model.recipe: {exc}") from exc
+        return _recipe(cfg, source).get("task")
     if cfg.init_from:
         return read_config(cfg.init_from).get("task")
     return None
 
 
-def config_family(cfg: ModelConfig) -> str | None:
+def config_family(cfg: ModelConfig, source: str) -> str | None:
     """The model family type the config builds (dual_encoder, fusion_encoder, encoder_decoder)."""
+    spec = cfg.spec or (_recipe(cfg, source)["model"] if cfg.recipe else None)
+    return merge_spec(spec, cfg.overrides).get("type") if spec else None
+
+
+def _recipe(cfg: ModelConfig, source: str) -> dict:
+    """The recipe `model.recipe` names; an unknown name is a ConfigError naming the file and key."""
     from polymodal.models.recipes import get_recipe
 
-    spec = cfg.spec or (get_recipe(cfg.recipe)["model"] if cfg.recipe else None)
-    return merge_spec(spec, cfg.overrides).get("type") if spec else None
+    try:
+        return get_recipe(cfg.recipe)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: model.recipe: {exc}") from None
 
 
 def fit_to_tokenizer(spec: dict, tokenizer, overrides: dict) -> dict:

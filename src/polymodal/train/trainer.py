@@ -46,6 +46,7 @@ class TrainResult:
     best_value: float | None
     stopped_early: bool
     history: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)  # {"train" | "val": {"count", "summary"}}: bad records skipped
 
 
 def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), *, output_dir: str | None = None,
@@ -116,9 +117,13 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
             state.micro_in_epoch = 0
 
     logbook.close()
+    skipped = {split: report for split, data in (("train", r.train_set), ("val", r.val_set))
+               if (report := _data.skip_report(data))}
+    for split, report in skipped.items():
+        log.warning("%s data: %s", split, report["summary"])
     best = r.run.path / "best"
     return TrainResult(r.run.path, state.step, last_ckpt, best if best.is_dir() else None, state.best_value,
-                       stopped, list(logbook.metrics.rows))
+                       stopped, list(logbook.metrics.rows), skipped)
 
 
 # ------------------------------------------------------------------------------------- set up
@@ -170,11 +175,10 @@ def prepare_run(config, overrides: Sequence[str] = (), output_dir: str | None = 
     name = cfg.task or recipe_task(cfg.model, source)
     task = _task(name, source) if name else None
     train_set = train_records if train_records is not None else _data.open_records(
-        cfg.data.train, cfg.data.train_split, f"{source}: data.train", cfg.seed, train=True,
-        shapes_file=task and task.shapes_file)
+        cfg.data.train, cfg.data.train_split, f"{source}: data.train", cfg.seed, train=True, task=task)
     if train_records is None and task is not None and "labels" not in cfg.model.overrides:
         # A classifier's rows are the training data's answers / labels, unless the config names them.
-        labels = task.labels(_data.plain_records(train_set), config_family(cfg.model))
+        labels = task.labels(_data.usable_records(train_set, task), config_family(cfg.model, source))
         if labels is not None:
             cfg.model.overrides["labels"] = labels
     setup = build_for_training(cfg.model, source)
@@ -189,9 +193,11 @@ def prepare_run(config, overrides: Sequence[str] = (), output_dir: str | None = 
     objectives = build_objectives(cfg.objectives, processor, setup.base, source)
     requires = {k for _, _, obj in objectives for k in obj.requires}
 
+    if getattr(train_set, "task", False) is None:  # the task came from the model's recipe / checkpoint
+        train_set.task = task
     val_set = val_records if val_records is not None else (_data.open_records(
         cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.seed, train=False,
-        shapes_file=task.shapes_file) if cfg.data.val else None)
+        task=task) if cfg.data.val else None)
     collate = collate_fn or task.collator(processor, setup.base, cfg.data.text_field)
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
     if val_set is not None:

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -140,7 +139,9 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
         workers: processes that render in parallel (0: one per CPU core, at most 8); the
             output is identical for any number.
         min_objects, max_objects: object count range per scene.
-        overwrite: replace the files of an earlier run in `out`.
+        overwrite: replace the files of an earlier run in `out`. Only the files the generator
+            writes are removed; a folder that also holds anything else (a user's notes) is
+            refused, and nothing in it is touched.
     """
     if not 16 <= size <= 1024:
         raise DataError(f"--size {size}: choose a canvas side between 16 and 1024 pixels")
@@ -149,15 +150,13 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
     counts = parse_splits(splits, n) if isinstance(splits, str) else dict(splits)
     n = sum(counts.values())
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: not a directory; choose a new --out")
     if out.exists() and any(out.iterdir()):
         if not (out / "meta.json").is_file() or not overwrite:
             raise DataError(f"{out}: directory is not empty; choose a new --out"
                             + (" or pass --overwrite" if (out / "meta.json").is_file() else ""))
-        for name in ("images", "classes"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for f in out.iterdir():
-            if f.is_file():
-                f.unlink()
+        _remove_earlier_output(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
@@ -213,6 +212,43 @@ def generate(out: str | os.PathLike, n: int = 1000, seed: int = 0, size: int = 6
     log.info("shapes: %d images (%dpx) in %s: %.1fs rendering, %.1fs total", n, size, out, t_render,
              time.perf_counter() - t0)
     return meta
+
+
+def _remove_earlier_output(out: Path) -> None:
+    """Delete what an earlier `generate` wrote in `out` (its meta.json says which splits), after
+    checking that the folder holds nothing else; a foreign file refuses the whole overwrite."""
+    try:
+        splits = list(json.loads((out / "meta.json").read_text(encoding="utf-8"))["splits"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{out}/meta.json: unreadable ({exc}), so what the generator wrote here is unknown; "
+                        "choose a new --out") from None
+    names = {"meta.json", "dataset_shapes.json"}
+    for split in splits:
+        names |= {f"{task}_{split}.jsonl" for task in RECORD_FILES}
+        names |= {f"coco_captions_{split}.json", f"vqa_{split}_questions.json", f"vqa_{split}_annotations.json"}
+    split, shape = "|".join(re.escape(s) for s in splits), "|".join(SHAPES)
+    our_file = re.compile(rf"images/\d{{6}}\.png|classes/({split})/({shape})/\d{{6}}\.png")
+    our_dir = re.compile(rf"images|classes|classes/({split})|classes/({split})/({shape})")
+    files, foreign = [], []
+    for folder, subdirs, found in os.walk(out):
+        base = Path(folder).relative_to(out).as_posix()
+        for d in list(subdirs):
+            rel = d if base == "." else f"{base}/{d}"
+            if not our_dir.fullmatch(rel):  # a folder of the user's own, even an empty one
+                foreign.append(rel + "/")
+                subdirs.remove(d)
+        for name in found:
+            rel = name if base == "." else f"{base}/{name}"
+            (files if rel in names or our_file.fullmatch(rel) else foreign).append(rel)
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(f"{out}: --overwrite replaces only what the generator wrote, and this folder also holds "
+                        f"{shown}; move those away or choose a new --out (nothing was deleted)")
+    for rel in files:
+        (out / rel).unlink()
+    for folder, _, _ in sorted(os.walk(out), key=lambda w: -len(w[0])):  # now-empty folders, deepest first
+        if Path(folder) != out and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
 
 
 def preview(out_png: str | os.PathLike, n: int = 8, seed: int = 0, size: int = 64, split: str = "train",
