@@ -24,6 +24,9 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              limit: Optional[int] = typer.Option(None, "--limit", help="only the first N records"),
              lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
              baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
+             ceiling: bool = typer.Option(False, "--ceiling",
+                                          help="score no model: the best an ideal model can do on the data "
+                                               "(retrieval on shapes-world data)"),
              save_predictions: Optional[str] = typer.Option(None, "--save-predictions",
                                                             help="write the predictions: FILE.json as a JSON array "
                                                                  "(the official result format), else JSON Lines"),
@@ -40,11 +43,11 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
         gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
         result = evaluate(spec, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,
-                          keep_predictions=bool(save_predictions), **(gen if model else {}))
+                          keep_predictions=bool(save_predictions), ceiling=ceiling, **(gen if model else {}))
     except (PolymodalError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    result["model"] = model or predictions
+    result["model"] = "ceiling" if ceiling else model or predictions
     preds = result.pop("predictions", None)
     if save_predictions and preds is not None:
         write_predictions(save_predictions, spec, preds)
