@@ -11,8 +11,8 @@ import pytest
 from polymodal.errors import ConfigError, DataError, PolymodalError
 from polymodal.eval.metrics import (
     METRICS, CaptionMetrics, binary_auroc, box_iou, caption_metrics, chair_metrics, classification_metrics,
-    grounding_metrics, normalize_answer, ptb_tokenize, retrieval_metrics, translation_metrics, vqa_accuracy,
-    vqa_score,
+    grounding_metrics, ideal_recalls, normalize_answer, ptb_tokenize, retrieval_metrics, translation_metrics,
+    vqa_accuracy, vqa_score,
 )
 from polymodal.eval.captioning import spice_missing
 
@@ -243,6 +243,27 @@ def test_retrieval_takes_bf16_tensors_and_checks_shapes():
         retrieval_metrics(np.eye(3), [0, 1])
 
 
+def test_ideal_recalls_are_the_expectation_of_random_tie_breaking():
+    # fits: which images each text is true of; the ideal model scores those 1, the rest 0, and
+    # breaks ties at random -- its mean recalls over many draws approach the closed form
+    rng = np.random.default_rng(0)
+    gt = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
+    fits = rng.random((6, 10)) < 0.35
+    want = ideal_recalls(fits, gt, ks=(1, 2, 5))
+    fits[gt, np.arange(10)] = True
+    draws = [retrieval_metrics(fits + 0.5 * rng.random(fits.shape), gt, ks=(1, 2, 5)) for _ in range(3000)]
+    for key, value in want.items():
+        got = np.mean([d[key.removeprefix("ceiling_")] for d in draws])
+        assert got == pytest.approx(value, abs=0.02), key
+    # hand-computed: image 0 ties its own 2 texts with 2 others -> P(own first) 1/2, in top 2: 1 - 1/6
+    fits = np.zeros((2, 4), bool)
+    fits[0] = True
+    out = ideal_recalls(fits, [0, 0, 1, 1], ks=(1, 2))
+    assert out["ceiling_i2t_r1"] == pytest.approx((1 / 2 + 1) / 2)
+    assert out["ceiling_i2t_r2"] == pytest.approx((5 / 6 + 1) / 2)
+    assert out["ceiling_t2i_r1"] == pytest.approx((1 + 1 + 1 / 2 + 1 / 2) / 4)
+
+
 # ----------------------------------------------------------------------------- classification, grounding
 
 def test_classification_hand_computed():
@@ -352,6 +373,10 @@ EXAMPLES = {
     "chair": ({"object_vocab": OBJECTS}, dict(captions=["a cube"], objects=[["cube"]])),
     "shapes_chair": ({}, dict(captions={"a": "A small red circle and a blue square."},
                               scenes={"a": {"objects": [{"shape": "circle", "color": "red", "size": "small"}]}})),
+    "shapes_retrieval_ceiling": ({"ks": [1, 5]}, dict(
+        texts=["A red circle.", "A red circle."], text_to_image=[0, 1],
+        scenes=[{"width": 64, "objects": [{"shape": "circle", "color": "red", "size": s, "center": [9, 9]}]}
+                for s in ("small", "large")])),
 }
 
 

@@ -168,3 +168,34 @@ def test_eval_table_shows_what_it_measures(world, tmp_path):
     counts = sum(r.get("question_type") == "count" for r in recs)
     assert rows["accuracy[question_type=count]"] == ["1.0000"]
     assert rows["n[question_type=count]"] == [str(counts)] and rows["n"] == [str(len(recs))]
+
+
+def test_retrieval_ceiling_with_and_without_a_model(world):
+    import numpy as np
+
+    from polymodal.eval.shapes_metrics import retrieval_ceiling
+    from polymodal.tasks import get_task
+
+    recs = list(open_dataset(f"shapes:{world}:captions", "test"))
+    texts = [c for r in recs for c in r["captions"]]
+    owner = [i for i, r in enumerate(recs) for _ in r["captions"]]
+    want = retrieval_ceiling(texts, owner, [r["scene"] for r in recs])
+    assert want["n_unread_texts"] == 0 and 0 < want["ceiling_t2i_r1"] <= 1
+
+    # no model: the ceiling alone, from Python and the CLI; Chinese texts fit as their English originals
+    assert evaluate("retrieval", world, split="test", ceiling=True)["metrics"] == want
+    assert evaluate("retrieval", world, split="test", ceiling=True, lang="zh")["metrics"] == want
+    res = runner.invoke(app, ["eval", "--data", str(world), "--task", "retrieval", "--split", "test",
+                              "--ceiling", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(want) and json.loads(res.stdout)["model"] == "ceiling"
+
+    # a model's scores carry the ceiling beside its own: here a perfect similarity matrix
+    sim = np.equal.outer(np.arange(len(recs)), owner).astype(float)
+    scored = get_task("retrieval").score({"similarity": sim, "text_to_image": owner}, recs)
+    assert scored["t2i_r1"] == 1.0 and {k: scored[k] for k in want} == want
+
+    with pytest.raises(DataError, match="no known ceiling"):
+        evaluate("vqa", world, split="test", ceiling=True)
+    with pytest.raises(DataError, match="scores no model"):
+        evaluate("retrieval", world, split="test", ceiling=True, model="clip-tiny")

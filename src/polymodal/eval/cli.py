@@ -24,6 +24,9 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N records"),
              lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
              baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
+             ceiling: bool = typer.Option(False, "--ceiling",
+                                          help="score no model: the best an ideal model can do on the data "
+                                               "(retrieval on shapes-world data)"),
              save_predictions: Optional[str] = typer.Option(None, "--save-predictions",
                                                             help="write the predictions: FILE.json as a JSON array "
                                                                  "(the official result format), else JSON Lines"),
@@ -40,12 +43,12 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     try:
         result = evaluate(spec, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,
-                          keep_predictions=bool(save_predictions), **(gen if model else {}))
+                          keep_predictions=bool(save_predictions), ceiling=ceiling, **(gen if model else {}))
     except ValueError as exc:  # a metric refusing the data; PolymodalErrors are the command group's
         if isinstance(exc, PolymodalError):
             raise
         raise DataError(str(exc)) from exc
-    result["model"] = model or predictions
+    result["model"] = "ceiling" if ceiling else model or predictions
     preds = result.pop("predictions", None)
     if save_predictions and preds is not None:
         write_predictions(save_predictions, spec, preds)

@@ -22,6 +22,9 @@ or use a `with` block when done: the caption metric holds a Java process for MET
 | grounding      | predictions (n, 4) boxes, references (n, 4) boxes        | accuracy@0.5, mean_iou, n                          |
 | chair          | captions, objects [, attributes] per caption             | chair_i, chair_s, chair_i_object,                  |
 |                |                                                          | [chair_i_attribute], object_recall, n, n_mentions  |
+| shapes_chair   | captions {id: caption}, scenes {id: scene}               | chair_i, chair_s, object_recall, count_accuracy, … |
+| shapes_retrieval_ceiling | texts, text_to_image, scenes (shapes world)    | ceiling_i2t_r1/5/10, ceiling_t2i_r1/5/10,          |
+|                |                                                          | ceiling_r_mean, n_unread_texts                     |
 
 Scales follow each field's reference tool, so numbers compare with published ones: fractions in
 [0, 1] (COCO caption metrics, VQA accuracy, recalls, accuracies, CHAIR), CIDEr-D in [0, 10],
@@ -34,8 +37,8 @@ from polymodal.eval.captioning import CaptionMetrics, caption_metrics, ptb_token
 from polymodal.eval.classification import ClassificationMetrics, binary_auroc, classification_metrics
 from polymodal.eval.grounding import GroundingMetrics, box_iou, grounding_metrics
 from polymodal.eval.hallucination import ChairMetrics, ConceptLexicon, chair_metrics
-from polymodal.eval.shapes_metrics import ShapesChair
-from polymodal.eval.retrieval import RetrievalMetrics, retrieval_metrics, retrieval_ranks
+from polymodal.eval.shapes_metrics import ShapesChair, ShapesRetrievalCeiling, caption_true, retrieval_ceiling
+from polymodal.eval.retrieval import RetrievalMetrics, ideal_recalls, retrieval_metrics, retrieval_ranks
 from polymodal.eval.translation import TranslationMetrics, translation_metrics
 from polymodal.eval.vqa import VQAAccuracy, normalize_answer, vqa_accuracy, vqa_score
 from polymodal.registry import METRICS
@@ -44,9 +47,10 @@ __all__ = [
     "METRICS", "Metric",
     "CaptionMetrics", "caption_metrics", "ptb_tokenize",
     "VQAAccuracy", "vqa_accuracy", "vqa_score", "normalize_answer",
-    "RetrievalMetrics", "retrieval_metrics", "retrieval_ranks",
+    "RetrievalMetrics", "retrieval_metrics", "retrieval_ranks", "ideal_recalls",
     "ClassificationMetrics", "classification_metrics", "binary_auroc",
     "TranslationMetrics", "translation_metrics",
     "GroundingMetrics", "grounding_metrics", "box_iou",
     "ChairMetrics", "chair_metrics", "ConceptLexicon", "ShapesChair",
+    "ShapesRetrievalCeiling", "retrieval_ceiling", "caption_true",
 ]

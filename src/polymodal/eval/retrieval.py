@@ -94,6 +94,60 @@ def retrieval_metrics(similarity: Any, text_to_image: Sequence[int],
     return out
 
 
+def ideal_recalls(fits: Any, text_to_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected Recall@K of an ideal model: the retrieval ceiling when captions fit several images.
+
+    The ideal model scores every candidate that fits the query equally and above every other one,
+    and breaks the ties in random order; these are its expected recalls under the protocol of
+    `retrieval_ranks` (which itself counts ties against the model). With m candidates tied at the top:
+
+    - text -> image: the right image is among the m; P(it lands in the top K) = min(1, K / m);
+    - image -> text: o of the m are the image's own texts; P(one of them lands in the top K)
+      = 1 - C(m - o, K) / C(m, K) (1 when K >= m - o + 1).
+
+    A text always fits its own image (set here, whatever `fits` says), so the ceiling is never
+    below what the data's own pairing allows.
+
+    Args:
+        fits: (n_images, n_texts) bool, whether each text is true of each image.
+        text_to_image: (n_texts,) index of each text's image.
+        ks: the K of Recall@K.
+    Returns:
+        {"ceiling_i2t_r1", ..., "ceiling_t2i_r1", ..., "ceiling_r_mean"} (fractions in [0, 1]).
+    """
+    fits = np.array(as_numpy(fits, "retrieval ceiling: fits", dtype=bool))
+    gt = as_numpy(text_to_image, "retrieval ceiling: text_to_image", dtype=np.int64)
+    n_img, n_txt = fits.shape if fits.ndim == 2 else (0, 0)
+    if fits.ndim != 2 or gt.shape != (n_txt,) or n_txt == 0 or gt.min() < 0 or gt.max() >= n_img:
+        raise DataError(f"retrieval ceiling: fits must be (n_images, n_texts) and text_to_image hold one "
+                        f"image index per text; got shapes {fits.shape} and {gt.shape}")
+    fits[gt, np.arange(n_txt)] = True
+    own = np.zeros_like(fits)
+    own[gt, np.arange(n_txt)] = True
+    owners = own.any(1)
+    m_t2i = fits.sum(0)                                  # (n_txt,) images each text fits
+    m_i2t = fits[owners].sum(1)                          # (n_owners,) texts that fit each image
+    o_i2t = own[owners].sum(1)                           # (n_owners,) of which its own
+    out: dict[str, float] = {}
+    for k in ks:
+        # P(no own text in the top K) = prod_{t<K} (m - o - t) / (m - t); 0 once K > m - o
+        miss = np.ones(len(m_i2t))
+        for t in range(k):
+            miss *= np.clip(m_i2t - o_i2t - t, 0, None) / np.maximum(m_i2t - t, 1)
+        out[f"ceiling_i2t_r{k}"] = float((1 - miss).mean())
+    for k in ks:
+        out[f"ceiling_t2i_r{k}"] = float(np.minimum(1.0, k / m_t2i).mean())
+    out["ceiling_r_mean"] = float(np.mean([out[f"ceiling_{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    return out
+
+
+def recall_ks(ks: Sequence[int], metric: str) -> tuple[int, ...]:
+    """The K of Recall@K of a metric's config, checked: positive integers."""
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigError(f"{metric}.ks: expected positive integers, got {ks!r}")
+    return tuple(ks)
+
+
 @METRICS.register("retrieval")
 class RetrievalMetrics(Metric):
     """Recall@K both ways and ranks (see `retrieval_metrics`).
@@ -105,9 +159,7 @@ class RetrievalMetrics(Metric):
     main = "r_mean"
 
     def __init__(self, ks: list[int] = (1, 5, 10)):
-        if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-            raise ConfigError(f"retrieval.ks: expected positive integers, got {ks!r}")
-        self.ks = tuple(ks)
+        self.ks = recall_ks(ks, "retrieval")
 
     def __call__(self, similarity: Any, text_to_image: Sequence[int]) -> dict[str, float]:
         return retrieval_metrics(similarity, text_to_image, ks=self.ks)

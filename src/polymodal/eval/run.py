@@ -139,7 +139,8 @@ def _official_id(key: str) -> int | str:
 
 def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 32, lang: str = "en",
-             baseline: bool = False, keep_predictions: bool = False, **generation) -> dict:
+             baseline: bool = False, keep_predictions: bool = False, ceiling: bool = False,
+             **generation) -> dict:
     """Evaluate `model` (a LoadedModel or a source for polymodal.load) or a predictions file.
 
     Args:
@@ -152,6 +153,8 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
         baseline: also score the predictions shuffled across items (the chance level).
         keep_predictions: add the predictions {key: value} under "predictions" (tasks with a
             prediction file only; not retrieval).
+        ceiling: score no model but the data's ceiling, what an ideal model would score
+            (`Task.ceiling`: retrieval on shapes-world records); a model's scores include it anyway.
         generation: passed to the model's generation (num_beams, max_new_tokens, ...).
 
     Returns:
@@ -160,6 +163,11 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
         field missing, an unreadable image) are skipped, counted and logged, never fatal.
     """
     task = _task(task)
+    if ceiling:
+        if model is not None or predictions is not None:
+            raise DataError("the ceiling scores no model: drop the model and the predictions file "
+                            "(a model's scores report the ceiling beside its own where the data give one)")
+        return _ceiling(task, data, split, limit, lang)
     if (model is None) == (predictions is None):
         raise DataError("give a model or a predictions file (exactly one)")
     recs, skips = _records(data, task, split, limit, check_images=model is not None)
@@ -187,6 +195,18 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     if keep_predictions and task.prediction_key is not None:
         result["predictions"] = preds
     return result
+
+
+def _ceiling(task: Task, data, split: str | None, limit: int | None, lang: str) -> dict:
+    """`evaluate(..., ceiling=True)`: the task's ceiling on the records, in evaluate's layout."""
+    recs, _ = _records(data, task, split, limit, check_images=False)
+    t0 = time.perf_counter()
+    metrics = task.ceiling(recs, lang=lang)
+    if not metrics:
+        raise DataError(f"task {task.name!r} has no known ceiling on {data}; retrieval on shapes-world "
+                        f"records (with their scenes) has one")
+    return {"task": task.name, "data": str(data), "split": split, "n": len(recs), "metrics": metrics,
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def finite(obj):

@@ -12,6 +12,7 @@ you add) owns every task-specific decision of the package:
 | default losses per family   | `objectives`, `default_objectives()` | the trainer                 |
 | predictions of a model      | `predict()`                     | `polymodal eval`                 |
 | metrics                     | `score()`                       | `polymodal eval`                 |
+| the best score data allow   | `ceiling()`                     | `polymodal eval [--ceiling]`     |
 | prediction-file line        | `id_key`, `prediction_key`      | `eval --predictions/--save-predictions` |
 | the loaded-model method     | `method`, `offered_by()`, `run()` | `polymodal.load(...)`          |
 | the CLI command             | `command`, `cli()`              | `polymodal <command>`            |
@@ -129,6 +130,11 @@ class Task:
         """Metrics of `predictions` against the records' references."""
         raise DataError(f"task {self.name!r} has no metrics; evaluate a fine-tuned task "
                         f"({', '.join(evaluated_by_model())})")
+
+    def ceiling(self, records: list[dict], lang: str = "en") -> dict[str, float]:
+        """What an ideal model would score on `records`, where the data make a perfect score
+        impossible and say by how much (retrieval on shapes-world scenes); {} when not known."""
+        return {}
 
     def shuffled(self, predictions: dict, seed: int = 0) -> dict:
         """The same predictions assigned to random other items: the chance level a model must beat."""

@@ -41,8 +41,24 @@ class Retrieval(Task):
         return {"similarity": img @ txt.T, "text_to_image": text_to_image}
 
     def score(self, predictions, records, lang="en"):
-        return metric({"type": "retrieval"})(similarity=predictions["similarity"],
-                                             text_to_image=predictions["text_to_image"])
+        out = metric({"type": "retrieval"})(similarity=predictions["similarity"],
+                                            text_to_image=predictions["text_to_image"])
+        return {**out, **self.ceiling(records, lang)}
+
+    def ceiling(self, records, lang="en"):
+        """The expected recalls of an ideal model, when the records carry shapes-world scenes:
+        `ceiling_i2t_r1`, ... (`polymodal.eval.shapes_metrics.retrieval_ceiling`); else {}.
+
+        The captions are read in English; Chinese captions are the world's translations of the
+        English ones (drawn in parallel), so a `zh` text fits the images its English original fits.
+        """
+        if not records or not all("scene" in r for r in records):
+            return {}
+        _, texts, text_to_image = self.sides(records, "en")
+        if lang != "en" and self.sides(records, lang)[2] != text_to_image:
+            return {}                            # no English original for every text
+        return metric({"type": "shapes_retrieval_ceiling"})(texts=texts, text_to_image=text_to_image,
+                                                             scenes=[r["scene"] for r in records])
 
     def shuffled(self, predictions, seed=0):
         import numpy as np
