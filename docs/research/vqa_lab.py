@@ -331,7 +331,7 @@ def run(args):
     print("FINAL", json.dumps({"variant": vars(args), "test": round(acc, 4), "per": per, "train_s": round(time.time() - t0, 1)}), flush=True)
 
 
-if __name__ == "__main__":
+def main():
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=3200); p.add_argument("--n-test", type=int, default=400)
     p.add_argument("--world-seed", type=int, default=0); p.add_argument("--seed", type=int, default=0)
@@ -343,7 +343,12 @@ if __name__ == "__main__":
     p.add_argument("--log-every", type=int, default=100); p.add_argument("--threads", type=int, default=0)
     p.add_argument("--head", default="mlp"); p.add_argument("--only", default=""); p.add_argument("--oracle", action="store_true")
     a = p.parse_args()
+    global HEAD
     HEAD = a.head
     if a.threads:
         torch.set_num_threads(a.threads)
     run(a)
+
+
+if __name__ == "__main__":
+    main()
