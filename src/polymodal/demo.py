@@ -46,7 +46,7 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(n_images=4000, align_steps=250, lm_steps=400, caption_steps=200, vqa_steps=1600, eval_limit=None),
+    "full": Budget(n_images=4000, align_steps=200, lm_steps=350, caption_steps=200, vqa_steps=1600, eval_limit=None),
     "quick": Budget(n_images=600, align_steps=12, lm_steps=12, caption_steps=6, vqa_steps=16, eval_limit=40,
                     dim=64, batch_size=32),
 }
@@ -111,11 +111,12 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                        "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions_zh"},
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
         # question-guided hops over the grid's tokens and their places, each hop supervised with
-        # the objects its phrase names, each token with the object centred on it
+        # the objects its phrase names, each token with the object centred on it; the hops see
+        # what the object heads read on each token (attribute_tokens)
         "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
                 "model": {"spec": {"type": "fusion_encoder", **towers,
                                    "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2},
-                                   "object_attributes": objects},
+                                   "object_attributes": objects, "attribute_tokens": True},
                           "processor": proc, "init_from": str(runs / "align" / "best")},
                 "objectives": [{"type": "vqa_classification"}, {"type": "hop_attention"},
                                {"type": "object_attributes"}],

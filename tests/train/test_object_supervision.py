@@ -125,3 +125,33 @@ def test_grouped_batches_keep_an_image_s_records_together():
     assert sorted(i for b in batches for i in b) == list(range(12))
     for b in batches:
         assert {groups[i] for i in b} and all(sum(groups[j] == groups[i] for j in b) == 3 for i in b)
+
+
+def _hop_model(**extra):
+    from polymodal.models.base import build
+    from polymodal.registry import MODELS
+
+    spec = {"type": "fusion_encoder", "vision": {"type": "conv_stem", "dim": 16, "depth": 2, "width": 8},
+            "text": {"type": "bert", "vocab_size": 20, "hidden_size": 16, "num_attention_heads": 2},
+            "fusion": {"type": "hop_attention", "dim": 16}, "labels": ["yes", "no"], **extra}
+    torch.manual_seed(0)
+    return build(MODELS, spec, "model.spec").eval()
+
+
+def test_attribute_tokens_let_the_fusion_see_what_the_object_heads_read():
+    pixels, ids = torch.randn(2, 3, 16, 16), torch.randint(1, 20, (2, 5))
+    mask = torch.ones_like(ids)
+    for attribute_tokens in (True, False):
+        model = _hop_model(object_attributes={"color": ["red", "blue"]}, attribute_tokens=attribute_tokens)
+        before = model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+        with torch.no_grad():
+            model.object_heads["color"].weight.normal_()   # the heads read something else
+        after = model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(before, after) != attribute_tokens
+
+
+def test_attribute_tokens_need_object_attributes():
+    from polymodal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attribute_tokens needs object_attributes"):
+        _hop_model(attribute_tokens=True)

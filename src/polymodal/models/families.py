@@ -12,12 +12,13 @@ it serves (`tasks`); a task says how to build its batches and losses per family 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polymodal.errors import ConfigError
 from polymodal.models.base import Component, Features, build, select
 from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead
 from polymodal.registry import DECODERS, FUSIONS, MODELS, TEXT, VISION
@@ -136,6 +137,9 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             a linear head per attribute on every image token, predicting the attribute of the
             object centred at that token (or none), for the `object_attributes` objective —
             object-level supervision of the vision tower, as detector-pretrained features give.
+        attribute_tokens: add what the object heads read on each token (their softmax, through a
+            linear map) to the tokens the fusion sees, so a question word can look for the
+            attribute it names directly (needs `object_attributes`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
@@ -143,7 +147,8 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
 
     def __init__(self, vision: dict, text: dict, fusion: dict, labels: list | None = None, itm: bool = False,
                  mlm_vocab_size: int = 0, embed_dim: int = 0, classifier_hidden: int | None = None,
-                 init_temperature: float = 0.07, object_attributes: dict[str, list[str]] | None = None):
+                 init_temperature: float = 0.07, object_attributes: dict[str, list[str]] | None = None,
+                 attribute_tokens: bool = False):
         super().__init__()
         self._build_towers(vision, text)
         self.fusion = build(FUSIONS, fusion, "model.fusion", image_dim=self.vision.dim, text_dim=self.text.dim)
@@ -161,6 +166,10 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
         self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
                                            for k, v in self.object_attributes.items()}) or None
+        if attribute_tokens and not self.object_heads:
+            raise ConfigError("model.spec.attribute_tokens needs object_attributes ({attribute: [values]})")
+        n_classes = sum(1 + len(v) for v in self.object_attributes.values())
+        self.attribute_tokens = nn.Linear(n_classes, self.vision.dim) if attribute_tokens else None
 
     def fuse(self, image: Features, text: Features) -> Features:
         return self.fusion(image, text)
@@ -175,7 +184,12 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         if image_index is not None:
             image = select(image, image_index)
         text = text_features if text_features is not None else self.text(input_ids, attention_mask)
-        fused = self.fusion(image, text)
+        object_logits = {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+        seen = image
+        if self.attribute_tokens is not None:
+            probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
+            seen = replace(image, tokens=image.tokens + self.attribute_tokens(probs))
+        fused = self.fusion(seen, text)
         img_e = txt_e = scale = None
         if self.image_proj is not None:
             img_e, txt_e = self.image_embeds(image), self.text_embeds(text)
@@ -186,7 +200,7 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             itm_logits=self.itm_head(fused.pooled) if self.itm_head is not None else None,
             mlm_logits=self.mlm_head(fused.tokens) if (return_mlm and self.mlm_head is not None) else None,
             image_embeds=img_e, text_embeds=txt_e, logit_scale=scale, image_features=image, text_features=text,
-            object_logits={k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None)
+            object_logits=object_logits)
 
 
 # ------------------------------------------------------------------------- encoder-decoder
