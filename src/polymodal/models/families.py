@@ -171,7 +171,18 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         n_classes = sum(1 + len(v) for v in self.object_attributes.values())
         self.attribute_tokens = nn.Linear(n_classes, self.vision.dim) if attribute_tokens else None
 
-    def fuse(self, image: Features, text: Features) -> Features:
+    def object_logits(self, image: Features) -> dict[str, torch.Tensor] | None:
+        """What the object heads read on each image token: {attribute: (B, N, 1 + values)}."""
+        return {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+
+    def fuse(self, image: Features, text: Features,
+             object_logits: dict[str, torch.Tensor] | None = None) -> Features:
+        """The fusion of image and text features; with `attribute_tokens`, what the object heads
+        read (`object_logits`, computed when not given) is added to the image tokens first."""
+        if self.attribute_tokens is not None:
+            object_logits = object_logits or self.object_logits(image)
+            probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
+            image = replace(image, tokens=image.tokens + self.attribute_tokens(probs))
         return self.fusion(image, text)
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
@@ -184,12 +195,8 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         if image_index is not None:
             image = select(image, image_index)
         text = text_features if text_features is not None else self.text(input_ids, attention_mask)
-        object_logits = {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
-        seen = image
-        if self.attribute_tokens is not None:
-            probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
-            seen = replace(image, tokens=image.tokens + self.attribute_tokens(probs))
-        fused = self.fusion(seen, text)
+        object_logits = self.object_logits(image)
+        fused = self.fuse(image, text, object_logits)
         img_e = txt_e = scale = None
         if self.image_proj is not None:
             img_e, txt_e = self.image_embeds(image), self.text_embeds(text)
