@@ -56,7 +56,11 @@ def serve(settings, log_level: str = "info") -> None:
         server.should_exit = True
 
     app.state.polymodal.on_load_error = failed
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's answer to an address it cannot bind (it has logged why)
+        if server.started:
+            raise
     if app.state.polymodal.error is not None:
         raise ConfigError(f"--model {settings.model}: {app.state.polymodal.error}")
     if not server.started:

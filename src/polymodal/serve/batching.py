@@ -151,6 +151,9 @@ class Batcher:
             with self.stats.lock:
                 self.stats.timeouts += 1
             raise
+        except asyncio.CancelledError:           # the client went away: no forward pass for nobody
+            job.cancelled = True
+            raise
         finally:
             if job.future.done():
                 self._release(job.future)
@@ -185,7 +188,13 @@ class Batcher:
                     break
             batch = self._take(first.key)
             if batch:
-                await loop.run_in_executor(self.executor, self._run_batch, batch, loop)
+                try:
+                    await loop.run_in_executor(self.executor, self._run_batch, batch, loop)
+                except Exception:  # noqa: BLE001  (the collector must outlive any batch)
+                    log.exception("a batch of %d requests failed outside the model", len(batch))
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(RuntimeError("the batch could not be run"))
 
     def _size(self, key) -> int:
         return sum(len(j.items) for j in self._waiting if j.key == key and not j.cancelled)
