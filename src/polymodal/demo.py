@@ -8,7 +8,7 @@ Stages (each skipped when its outputs exist, so a rerun resumes where it stopped
   lm          pretrain a captioner on EN+ZH captions: LM      polymodal train configs/lm.yaml
   caption_en  fine-tune it on English captions                polymodal train configs/caption_en.yaml
   caption_zh  fine-tune it on Chinese captions                polymodal train configs/caption_zh.yaml
-  vqa         fine-tune the aligned encoder for VQA           polymodal train configs/vqa.yaml
+  vqa         a VQA model on the LM stage's vision tower        polymodal train configs/vqa.yaml
   eval        test and compositional splits, real metrics     polymodal eval ... --baseline
   report      demo-out/report.html (self-contained)
 
@@ -118,12 +118,14 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
         # question-guided hops over the grid's tokens and their places, each hop supervised with
         # the objects its phrase names, each token with the object centred on it; the hops see
-        # what the object heads read on each token (attribute_tokens)
+        # what the object heads read on each token (attribute_tokens). It starts from the LM
+        # stage's vision tower and object heads, which already name the objects (docs/results.md:
+        # at step 400 train accuracy 0.55 against 0.42 from the alignment tower, hops 0.79 vs 0.60)
         "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
                 "model": {"spec": {"type": "fusion_encoder", **towers,
                                    "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2},
                                    "object_attributes": objects, "attribute_tokens": True},
-                          "processor": proc, "init_from": str(runs / "align" / "best")},
+                          "processor": proc, "init_from": str(runs / "lm" / "best")},
                 "objectives": [{"type": "vqa_classification"}, {"type": "hop_attention"},
                                {"type": "object_attributes"}],
                 "data": {"train": data, "val": data, "max_val_samples": 512, "group_by_image": True},

@@ -139,9 +139,10 @@ def write_report(out: Path, stages, timings: dict, mode: str) -> Path:
 <p class="muted">{mode} run · {time.strftime('%Y-%m-%d %H:%M')} · {platform.processor() or platform.machine()} ·
 torch {torch.__version__} · {torch.get_num_threads()} threads · total {total:.0f} s</p>
 <p>Models trained from scratch on the generated shapes world (exact ground truth): a fusion encoder pretrained
-with image-text contrastive (ITC), matching (ITM, hard negatives) and masked-language (MLM) objectives, then
-fine-tuned for VQA and used for retrieval; a GPT-2-style captioner pretrained with LM on English and Chinese
-captions, then fine-tuned per language. Every number below is read from the JSON that
+with image-text contrastive (ITC), matching (ITM, hard negatives) and masked-language (MLM) objectives, used
+for retrieval; a GPT-2-style captioner that starts from its vision tower, pretrained with LM on English and
+Chinese captions while its tower learns to name the object on each image token (object-level supervision),
+then fine-tuned per language; a VQA model with question-guided hops that starts from the captioner's tower. Every number below is read from the JSON that
 <code>polymodal eval</code> wrote (<code>{html.escape(str(out / 'metrics'))}</code>); the shuffled baseline
 scores the same predictions given to other test items (chance level); the question-only baseline answers each
 VQA question with its most common training answer, never looking at the image. <b>comp</b> is the compositional split:
