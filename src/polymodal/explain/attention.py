@@ -146,4 +146,4 @@ def decoder_scores(cross: list[torch.Tensor], logits: torch.Tensor, ids: torch.T
         for _, tok, lp in steps:
             per_token.append((tok, cam(lp)))
         whole = cam(torch.stack([lp for *_, lp in steps]).sum())
-    return per_token, whole, float(sum(float(lp) for *_, lp in steps))
+    return per_token, whole, float(sum(float(lp.detach()) for *_, lp in steps))

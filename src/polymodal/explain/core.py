@@ -159,11 +159,10 @@ def last_layer_input(module: torch.nn.Module) -> torch.nn.Module | None:
     """The last layer of a Hugging Face transformer encoder inside `module` (ViT, CLIP, SigLIP
     vision towers), or None. Its *input* holds every patch token in a state that still reaches
     the pooled output, unlike the last layer's output, whose patch tokens a CLS pooling ignores."""
-    found = None
-    for name, sub in module.named_modules():
-        if name.endswith(("encoder.layer", "encoder.layers")) and isinstance(sub, torch.nn.ModuleList) and len(sub):
-            found = sub[-1]
-    return found
+    for name, sub in module.named_modules():  # outermost first: the encoder's stack of layers
+        if name.split(".")[-1] in ("layer", "layers") and isinstance(sub, torch.nn.ModuleList) and len(sub):
+            return sub[-1]
+    return None
 
 
 class Capture:

@@ -61,7 +61,7 @@ def _similarity(loaded, images, texts, method, target=None, max_new_tokens=20) -
     out = []
     for i, im in enumerate(images):
         full, small = to_image_map(scores[i], grid, image_size(im))
-        out.append(Explanation(map=full, grid=small, method=method, text=texts[i], score=float(y[i])))
+        out.append(Explanation(map=full, grid=small, method=method, text=texts[i], score=float(y[i].detach())))
     return out
 
 

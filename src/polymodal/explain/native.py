@@ -104,7 +104,7 @@ def _fusion(loaded, images, texts, method: str, target: str | None) -> list[Expl
             answers = [m.labels[int(i)] for i in pred]
         elif target == "itm":
             y = out.itm_logits[:, 1]
-            answers = ["match" if float(p) > 0.5 else "no match" for p in out.itm_logits.softmax(-1)[:, 1]]
+            answers = ["match" if float(p) > 0.5 else "no match" for p in out.itm_logits.detach().softmax(-1)[:, 1]]
         else:
             y = (out.image_embeds * out.text_embeds).sum(-1)
             answers = [None] * len(images)
@@ -119,7 +119,7 @@ def _fusion(loaded, images, texts, method: str, target: str | None) -> list[Expl
             scores = fusion_scores(m.fusion, records, list(grads), n_image, tok["attention_mask"].bool(), method)
             n_grid = n_image
     grid = token_grid(n_grid, out.image_features.positions) if method not in GRADIENT_METHODS else tower.grid(n_grid)
-    return [_one(scores[i], grid, images[i], method, texts[i], answers[i], float(y[i])) for i in range(len(images))]
+    return [_one(scores[i], grid, images[i], method, texts[i], answers[i], float(y[i].detach())) for i in range(len(images))]
 
 
 def _similarity(loaded, images, texts, method: str) -> list[Explanation]:
@@ -132,7 +132,7 @@ def _similarity(loaded, images, texts, method: str) -> list[Explanation]:
         (g,) = torch.autograd.grad(y.sum(), [tower.tokens])
         scores = gradient_maps(tower.tokens, g, method)
     grid = tower.grid(tower.tokens.shape[1])
-    return [_one(scores[i], grid, images[i], method, texts[i], None, float(y[i])) for i in range(len(images))]
+    return [_one(scores[i], grid, images[i], method, texts[i], None, float(y[i].detach())) for i in range(len(images))]
 
 
 def _decoder(loaded, image, text: str | None, method: str, max_new_tokens: int) -> Explanation:
