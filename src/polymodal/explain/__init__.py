@@ -85,8 +85,10 @@ def _backend(loaded):
     return fn
 
 
-def render(explanation: Explanation, image, out, **kwargs) -> None:
-    """Write the overlay PNG of `explanation` on `image` to `out` (see polymodal.explain.overlay)."""
+def render(explanation: Explanation, image, out=None, **kwargs):
+    """The overlay of `explanation` on `image` (a PIL image), written as a PNG to `out` when given:
+    the image, the image under the coloured map, the text and the answer, and per-token maps
+    (see polymodal.explain.overlay)."""
     from polymodal.explain.overlay import render_overlay
 
-    render_overlay(explanation, image, out, **kwargs)
+    return render_overlay(explanation, image, out, **kwargs)

@@ -36,8 +36,8 @@ def heat(image: Image.Image, m: np.ndarray, side: int, alpha: float = 0.5, cmap:
     return Image.blend(base, colour, alpha)
 
 
-def render_overlay(ex: Explanation, image, out, title: str | None = None) -> Path:
-    """Write the overlay of `ex` on `image` (a path, PIL image or array) to `out` (PNG)."""
+def render_overlay(ex: Explanation, image, out=None, title: str | None = None) -> Image.Image:
+    """The overlay of `ex` on `image` (a path, PIL image or array), written to `out` (PNG) when given."""
     from polymodal.data.images import load_image
 
     img = load_image(image)
@@ -67,7 +67,7 @@ def render_overlay(ex: Explanation, image, out, title: str | None = None) -> Pat
         x, yy = 10 + (k % per_row) * (TOKEN_PANEL + 8), y + (k // per_row) * (TOKEN_PANEL + 24)
         canvas.paste(heat(img, t.map, TOKEN_PANEL), (x, yy))
         draw.text((x, yy + TOKEN_PANEL + 4), t.token[:14], fill="black", font=small)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(out)
+    return canvas

@@ -67,6 +67,14 @@ def _rate(hits: dict[str, list[bool]]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in sorted(hits.items()) if v}
 
 
+def _answered(rec: dict, answer: str | None) -> list[str]:
+    """["answer=right"] or ["answer=wrong"] for a question the model answered; [] otherwise."""
+    if answer is None or not rec.get("answers"):
+        return []
+    right = answer.strip().lower() in {str(a).strip().lower() for a in rec["answers"]}
+    return ["answer=right" if right else "answer=wrong"]
+
+
 def pointing_game(model, data, split: str = "test", source: str = "vqa", methods: Sequence[str] | None = None,
                   limit: int | None = None, types: Sequence[str] | None = None, batch_size: int = 64,
                   target: str | None = None, seed: int = 0) -> dict:
@@ -82,7 +90,8 @@ def pointing_game(model, data, split: str = "test", source: str = "vqa", methods
         seed: of the random baseline.
 
     Returns:
-        {"n", "source", "split", "methods": {method: {"all": rate, "question_type=...": rate}},
+        {"n", "source", "split", "methods": {method: {"all": rate, "question_type=...": rate,
+         "answer=right" / "answer=wrong": rate on the questions the model answered right / wrong}},
          "centre": {...}, "random": {...}, "random_expected": {...}}: the random baseline drawn
         once per record, and its expectation (the box's share of the image).
     """
@@ -119,7 +128,7 @@ def pointing_game(model, data, split: str = "test", source: str = "vqa", methods
             exs = model.explain([r["image"] for r in chunk], [r["_text"] for r in chunk], method=method, target=target)
             for r, ex in zip(chunk, exs):
                 hit = _inside(ex.peak(), r["_box"])
-                for g in groups(r):
+                for g in groups(r) + _answered(r, ex.answer):
                     hits.setdefault(g, []).append(hit)
         scores[method] = _rate(hits)
         log.info("pointing game %s: %s", method, scores[method].get("all"))
