@@ -42,12 +42,20 @@ def offered(model, target: str | None = None) -> tuple[str, ...]:
 
 
 class _TowerTokens:
-    """Captures the image tokens the gradient methods read while the model runs."""
+    """Captures what the gradient methods read while the model runs: the vision tower's tokens
+    (a Hugging Face tower: its last layer's input), or for Grad-CAM on a conv stem its last
+    feature map, the output of its last conv block (after the activation, as Grad-CAM assumes;
+    the tokens after it are LayerNormed, with position embeddings added)."""
 
-    def __init__(self, vision):
+    def __init__(self, vision, method: str | None = None):
+        blocks = getattr(vision, "blocks", None)
         layer = last_layer_input(vision)
-        self.capture = Capture(layer, pre=True) if layer is not None else Capture(vision)
-        self.vision = vision
+        if method == "gradcam" and isinstance(blocks, torch.nn.ModuleList) and len(blocks):
+            self.capture = Capture(blocks[-1])
+        elif layer is not None:
+            self.capture = Capture(layer, pre=True)
+        else:
+            self.capture = Capture(vision)
 
     def __enter__(self):
         self.capture.__enter__()
@@ -57,12 +65,24 @@ class _TowerTokens:
         self.capture.__exit__(*exc)
 
     @property
-    def tokens(self) -> torch.Tensor:
+    def tensor(self) -> torch.Tensor:
+        """What was captured: (B, N, D) tokens or a (B, C, h, w) feature map."""
         return self.capture.tensor
 
-    def grid(self, n: int):
-        v = self.capture.value
-        return token_grid(n, getattr(v, "positions", None))
+    @staticmethod
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(2).transpose(1, 2) if t.dim() == 4 else t   # (B, N, D)
+
+    def scores(self, target: torch.Tensor, method: str) -> torch.Tensor:
+        """Token scores (B, N) of a gradient method for `target` (summed over the batch)."""
+        (g,) = torch.autograd.grad(target, [self.tensor])
+        return gradient_maps(self.flat(self.tensor), self.flat(g), method)
+
+    def grid(self):
+        t = self.tensor
+        if t.dim() == 4:
+            return t.shape[-2], t.shape[-1], 0
+        return token_grid(t.shape[1], getattr(self.capture.value, "positions", None))
 
 
 def explain_native(loaded, images: Sequence, texts: Sequence[str] | None, method: str | None,
@@ -96,7 +116,7 @@ def _fusion(loaded, images, texts, method: str, target: str | None) -> list[Expl
         raise ConfigError(f"target {target!r}: this model has no {'classifier' if target == 'answer' else target} head")
     check_method(method, offered(m, target), f"this fusion encoder's {target} output")
     tok = {k: v.to(loaded.device) for k, v in loaded.processor.tokenize(texts).items()}
-    with torch.enable_grad(), _TowerTokens(m.vision) as tower, recording_attention(m.fusion) as records:
+    with torch.enable_grad(), _TowerTokens(m.vision, method) as tower, recording_attention(m.fusion) as records:
         out = m(_pixels(loaded, images), **tok)
         if target == "answer":
             pred = out.logits.argmax(-1)
@@ -110,15 +130,12 @@ def _fusion(loaded, images, texts, method: str, target: str | None) -> list[Expl
             answers = [None] * len(images)
         n_image = out.image_features.tokens.shape[1]
         if method in GRADIENT_METHODS:
-            (g,) = torch.autograd.grad(y.sum(), [tower.tokens])
-            scores = gradient_maps(tower.tokens, g, method)
-            n_grid = tower.tokens.shape[1]
+            scores, grid = tower.scores(y.sum(), method), tower.grid()
         else:
             used = [p for _, p in records]
             grads = torch.autograd.grad(y.sum(), used, allow_unused=True) if method != "attention" else [None] * len(used)
             scores = fusion_scores(m.fusion, records, list(grads), n_image, tok["attention_mask"].bool(), method)
-            n_grid = n_image
-    grid = token_grid(n_grid, out.image_features.positions) if method not in GRADIENT_METHODS else tower.grid(n_grid)
+            grid = token_grid(n_image, out.image_features.positions)
     return [_one(scores[i], grid, images[i], method, texts[i], answers[i], float(y[i].detach())) for i in range(len(images))]
 
 
@@ -126,12 +143,10 @@ def _similarity(loaded, images, texts, method: str) -> list[Explanation]:
     m = loaded.model
     check_method(method, GRADIENT_METHODS, "a dual encoder (its towers meet only in the similarity)")
     tok = {k: v.to(loaded.device) for k, v in loaded.processor.tokenize(texts).items()}
-    with torch.enable_grad(), _TowerTokens(m.vision) as tower:
+    with torch.enable_grad(), _TowerTokens(m.vision, method) as tower:
         out = m(_pixels(loaded, images), **tok)
         y = (out.image_embeds * out.text_embeds).sum(-1)                         # (B,) cosine
-        (g,) = torch.autograd.grad(y.sum(), [tower.tokens])
-        scores = gradient_maps(tower.tokens, g, method)
-    grid = tower.grid(tower.tokens.shape[1])
+        scores, grid = tower.scores(y.sum(), method), tower.grid()
     return [_one(scores[i], grid, images[i], method, texts[i], None, float(y[i].detach())) for i in range(len(images))]
 
 
@@ -150,7 +165,7 @@ def _decoder(loaded, image, text: str | None, method: str, max_new_tokens: int) 
     before = cfg._attn_implementation
     dec.set_attn_implementation("eager")   # attention probabilities are returned by the eager kernel only
     try:
-        with torch.enable_grad(), _TowerTokens(m.vision) as tower:
+        with torch.enable_grad(), _TowerTokens(m.vision, method) as tower:
             memory, memory_mask = m.encode(px, **tok)
             out = dec(input_ids=ids, encoder_hidden_states=memory, encoder_attention_mask=memory_mask.long(),
                       output_attentions=True, use_cache=False)
@@ -163,12 +178,9 @@ def _decoder(loaded, image, text: str | None, method: str, max_new_tokens: int) 
                 lp = out.logits[0].float().log_softmax(-1)
                 total = sum(lp[t - 1, int(ids[0, t])] for t in range(1, 1 + len(per_token)))
                 per_token = []
-                if torch.is_tensor(total):
-                    (g,) = torch.autograd.grad(total, [tower.tokens])
-                    whole = gradient_maps(tower.tokens, g, method)[0]
-                else:
-                    whole = torch.zeros(tower.tokens.shape[1])
-                grid = tower.grid(tower.tokens.shape[1])
+                grid = tower.grid()
+                whole = (tower.scores(total, method)[0] if torch.is_tensor(total)
+                         else torch.zeros(grid[0] * grid[1] + grid[2]))
             else:
                 per_token, whole, score = decoder_scores(list(out.cross_attentions), out.logits, ids, 1, stop,
                                                          slice(0, n_image), method)
