@@ -92,7 +92,8 @@ def pointing_game(model, data, split: str = "test", source: str = "vqa", methods
     Returns:
         {"n", "source", "split", "methods": {method: {"all": rate, "question_type=...": rate,
          "answer=right" / "answer=wrong": rate on the questions the model answered right / wrong}},
-         "centre": {...}, "random": {...}, "random_expected": {...}}: the random baseline drawn
+         "counts": {group: records}, "centre": {...}, "random": {...}, "random_expected": {...}}: the
+        answer groups' counts are the last method's (the same for every method); the random baseline drawn
         once per record, and its expectation (the box's share of the image).
     """
     import polymodal
@@ -121,7 +122,7 @@ def pointing_game(model, data, split: str = "test", source: str = "vqa", methods
             centre.setdefault(g, []).append(_inside((W // 2, H // 2), r["_box"]))
             rand.setdefault(g, []).append(_inside((rng.randrange(W), rng.randrange(H)), r["_box"]))
             expected.setdefault(g, []).append(max(0, x1 - x0) * max(0, y1 - y0) / (W * H))
-    scores = {}
+    scores, counts = {}, {}
     for method in methods:
         hits: dict[str, list[bool]] = {}
         for chunk in chunks(recs, batch_size):
@@ -131,8 +132,9 @@ def pointing_game(model, data, split: str = "test", source: str = "vqa", methods
                 for g in groups(r) + _answered(r, ex.answer):
                     hits.setdefault(g, []).append(hit)
         scores[method] = _rate(hits)
+        counts = {k: len(v) for k, v in sorted(hits.items())}
         log.info("pointing game %s: %s", method, scores[method].get("all"))
-    return {"source": source, "split": split, "n": len(recs), "methods": scores, "centre": _rate(centre),
+    return {"source": source, "split": split, "n": len(recs), "methods": scores, "counts": counts, "centre": _rate(centre),
             "random": _rate(rand), "random_expected": _rate(expected)}
 
 
