@@ -6,13 +6,8 @@ pointing game and the deletion curve (`polymodal explain --pointing-game / --del
 how good a method's maps are on a shapes world."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Optional
+from typing import Optional  # the command's annotations are evaluated in this module's globals
 
-import typer
-
-from polymodal.errors import ConfigError
 from polymodal.tasks.base import Task, register_task
 
 
@@ -36,75 +31,86 @@ class Explain(Task):
         return explain(loaded, images, texts, method=method, target=target, max_new_tokens=max_new_tokens)
 
     def cli(self):
-        return explain_command
+        return _explain_command()
 
 
 def _split(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
-def explain_command(
-        model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
-        image: Optional[str] = typer.Option(None, "--image", help="the image to explain"),
-        question: Optional[str] = typer.Option(None, "--question", "-q", help="a question (VQA models)"),
-        text: Optional[str] = typer.Option(None, "--text", help="a text (ITM / retrieval / translation models)"),
-        caption: bool = typer.Option(False, "--caption", help="explain the model's caption of the image"),
-        method: Optional[str] = typer.Option(None, "--method", help="grad_attention | relevance | attention | "
-                                             "grad_x_activation | gradcam (default: the model's first)"),
-        target: Optional[str] = typer.Option(None, "--target", help="fusion encoders: answer | itm | itc"),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="the overlay PNG; with --pointing-game / "
-                                          "--deletion: the results JSON"),
-        max_tokens: int = typer.Option(20, "--max-tokens", min=1, help="length of the caption explained"),
-        pointing_game: bool = typer.Option(False, "--pointing-game", help="measure: the pointing game on --data"),
-        deletion: bool = typer.Option(False, "--deletion", help="measure: the deletion curve (VQA) on --data"),
-        data: Optional[str] = typer.Option(None, "--data", "-d", help="a shapes-world directory (measurements)"),
-        split: str = typer.Option("test", "--split", "-s"),
-        source: str = typer.Option("vqa", "--source", help="pointing game: vqa (questions) | ground (references)"),
-        methods: Optional[str] = typer.Option(None, "--methods", help="pointing game: comma-separated methods"),
-        types: Optional[str] = typer.Option(None, "--types", help="comma-separated question types (color,shape)"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N usable records"),
-        steps: int = typer.Option(8, "--steps", min=1, help="deletion: points of the curve after 0"),
-        device: str = typer.Option("cpu", "--device"),
-        as_json: bool = typer.Option(False, "--json", help="one JSON line on stdout (with the raw map)")):
-    """Explain a model's output on an image: a heat map overlay (--out heat.png) and the raw map
-    (--json); or measure a method's maps (--pointing-game, --deletion) on a shapes world."""
-    import polymodal
-    from polymodal.eval.run import finite
+def _explain_command():
+    """The `polymodal explain` command (typer is imported when the CLI mounts it)."""
+    import json
+    from pathlib import Path
 
-    if pointing_game or deletion:
-        if data is None:
-            raise ConfigError("--pointing-game / --deletion measure maps on data: give --data DIR (a shapes world)")
-        from polymodal.explain.quality import deletion_curve, pointing_game as game
+    import typer
 
+    from polymodal.errors import ConfigError
+
+    def explain_command(
+            model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
+            image: Optional[str] = typer.Option(None, "--image", help="the image to explain"),
+            question: Optional[str] = typer.Option(None, "--question", "-q", help="a question (VQA models)"),
+            text: Optional[str] = typer.Option(None, "--text", help="a text (ITM / retrieval / translation models)"),
+            caption: bool = typer.Option(False, "--caption", help="explain the model's caption of the image"),
+            method: Optional[str] = typer.Option(None, "--method", help="grad_attention | relevance | attention | "
+                                                 "grad_x_activation | gradcam (default: the model's first)"),
+            target: Optional[str] = typer.Option(None, "--target", help="fusion encoders: answer | itm | itc"),
+            out: Optional[str] = typer.Option(None, "--out", "-o", help="the overlay PNG; with --pointing-game / "
+                                              "--deletion: the results JSON"),
+            max_tokens: int = typer.Option(20, "--max-tokens", min=1, help="length of the caption explained"),
+            pointing_game: bool = typer.Option(False, "--pointing-game", help="measure: the pointing game on --data"),
+            deletion: bool = typer.Option(False, "--deletion", help="measure: the deletion curve (VQA) on --data"),
+            data: Optional[str] = typer.Option(None, "--data", "-d", help="a shapes-world directory (measurements)"),
+            split: str = typer.Option("test", "--split", "-s"),
+            source: str = typer.Option("vqa", "--source", help="pointing game: vqa (questions) | ground (references)"),
+            methods: Optional[str] = typer.Option(None, "--methods", help="pointing game: comma-separated methods"),
+            types: Optional[str] = typer.Option(None, "--types", help="comma-separated question types (color,shape)"),
+            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N usable records"),
+            steps: int = typer.Option(8, "--steps", min=1, help="deletion: points of the curve after 0"),
+            device: str = typer.Option("cpu", "--device"),
+            as_json: bool = typer.Option(False, "--json", help="one JSON line on stdout (with the raw map)")):
+        """Explain a model's output on an image: a heat map overlay (--out heat.png) and the raw map
+        (--json); or measure a method's maps (--pointing-game, --deletion) on a shapes world."""
+        import polymodal
+        from polymodal.eval.run import finite
+
+        if pointing_game or deletion:
+            if data is None:
+                raise ConfigError("--pointing-game / --deletion measure maps on data: give --data DIR (a shapes world)")
+            from polymodal.explain.quality import deletion_curve, pointing_game as game
+
+            m = polymodal.load(model, device=device)
+            if pointing_game:
+                result = game(m, data, split=split, source=source, methods=_split(methods) or _split(method),
+                              limit=limit, types=_split(types), target=target)
+            else:
+                result = deletion_curve(m, data, split=split, method=method, steps=steps, limit=limit or 500,
+                                        types=_split(types))
+            result = {"model": model, "data": data, **finite(result)}
+            if out:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                Path(out).write_text(json.dumps(result, indent=2))
+            typer.echo(json.dumps(result) if as_json else _summary(result))
+            return
+        given = [x for x in (question, text) if x is not None]
+        if image is None or len(given) + caption != 1:
+            raise ConfigError("give --image and exactly one of --question, --text or --caption "
+                              "(or --pointing-game / --deletion with --data)")
         m = polymodal.load(model, device=device)
-        if pointing_game:
-            result = game(m, data, split=split, source=source, methods=_split(methods) or _split(method),
-                          limit=limit, types=_split(types), target=target)
-        else:
-            result = deletion_curve(m, data, split=split, method=method, steps=steps, limit=limit or 500,
-                                    types=_split(types))
-        result = {"model": model, "data": data, **finite(result)}
+        ex = m.explain([image], None if caption else given, method=method, target=target, max_new_tokens=max_tokens)[0]
         if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(result, indent=2))
-        typer.echo(json.dumps(result) if as_json else _summary(result))
-        return
-    given = [x for x in (question, text) if x is not None]
-    if image is None or len(given) + caption != 1:
-        raise ConfigError("give --image and exactly one of --question, --text or --caption "
-                          "(or --pointing-game / --deletion with --data)")
-    m = polymodal.load(model, device=device)
-    ex = m.explain([image], None if caption else given, method=method, target=target, max_new_tokens=max_tokens)[0]
-    if out:
-        from polymodal.explain import render
+            from polymodal.explain import render
 
-        render(ex, image, out)
-    row = {**ex.to_dict(maps=as_json), "image": image, "out": out}
-    if as_json:
-        typer.echo(json.dumps(finite(row), ensure_ascii=False))
-    else:
-        typer.echo(f"{image}: {ex.method} -> {ex.answer if ex.answer is not None else ''} "
-                   f"(score {ex.score:.4f})" + (f"; overlay in {out}" if out else ""))
+            render(ex, image, out)
+        row = {**ex.to_dict(maps=as_json), "image": image, "out": out}
+        if as_json:
+            typer.echo(json.dumps(finite(row), ensure_ascii=False))
+        else:
+            typer.echo(f"{image}: {ex.method} -> {ex.answer if ex.answer is not None else ''} "
+                       f"(score {ex.score:.4f})" + (f"; overlay in {out}" if out else ""))
+
+    return explain_command
 
 
 def _summary(result: dict) -> str:
