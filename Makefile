@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow test-browser install clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The web page in headless Chromium (tests/serve/test_browser.py); installs Chromium and Selenium if missing.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[test,browser]'
+	$(BIN)/python -m pytest -q tests/serve/test_browser.py -rs
 
 clean:
 	rm -rf $(VENV) demo-out

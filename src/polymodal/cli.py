@@ -291,6 +291,28 @@ def demo_cmd(out: str = typer.Option("demo-out", "--out", help="output directory
     run_demo(out, quick=quick, redo=redo)
 
 
+@app.command("serve")
+def serve_cmd(model: str = typer.Option(..., "--model", "-m", help="checkpoint dir, HF dir or recipe"),
+              host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+              port: int = typer.Option(8000, "--port", min=0, max=65535),
+              max_batch: int = typer.Option(16, "--max-batch", min=1, help="most images/texts per forward pass (1: no batching)"),
+              max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="longest wait for a batch to fill"),
+              max_queue: int = typer.Option(256, "--max-queue", min=1, help="requests waiting or running; more get 503"),
+              max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="largest request body; bigger get 413"),
+              timeout_s: float = typer.Option(60.0, "--timeout-s", help="a request without an answer by then gets 504"),
+              max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="largest image, width x height"),
+              max_images: int = typer.Option(32, "--max-images", min=1, help="most images in one request"),
+              index: Optional[str] = typer.Option(None, "--index", help="folder of images to search (POST /retrieve)"),
+              device: str = typer.Option("cpu", "--device"),
+              log_level: str = typer.Option("info", "--log-level")):
+    """Serve a model over HTTP: task endpoints, /v1/chat/completions, /v1/embeddings and a web page at /."""
+    from polymodal.serve import ServeSettings, serve
+
+    serve(ServeSettings(model=model, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, max_upload_mb=max_upload_mb, timeout_s=timeout_s, max_pixels=max_pixels,
+                        max_images=max_images, index=index, device=device), log_level=log_level)
+
+
 def task_command(task) -> Callable:
     """`polymodal <task.command> --model SRC IMAGE…` -> {"image", <task.prediction_key>} per image,
     for a task that brings its loaded-model method through `Task.run` (polymodal.tasks). The

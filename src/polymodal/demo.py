@@ -86,6 +86,8 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
         return {"lr": lr, "max_steps": steps, "batch_size": b.batch_size, "warmup_steps": max(1, steps // 20),
                 "weight_decay": 0.01}
 
+    caption_objectives = [{"type": "lm"}, {"type": "object_attributes"}]
+
     def ckpt(metric, mode):
         return {"every": 0, "keep_last": 1, "best_metric": metric, "mode": mode}
 
@@ -97,17 +99,21 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                                  {"type": "mlm", "weight": 1.0}],
                   "data": {"train": data, "val": data, "max_val_samples": 256},
                   "optim": optim(b.align_steps, 1e-3), "checkpointing": ckpt("val/itc/loss", "min")},
+        # the captioner's tower names the object centred on each token (object_attributes) and
+        # the decoder reads what it names (attribute_tokens): fewer hallucinated mentions
         "lm": {**common, "task": "captioning", "output_dir": str(runs / "lm"),
-               "model": {"spec": {"type": "encoder_decoder", "vision": towers["vision"], "decoder": decoder},
+               "model": {"spec": {"type": "encoder_decoder", "vision": towers["vision"], "decoder": decoder,
+                                  "object_attributes": objects, "attribute_tokens": True},
                          "processor": proc, "init_from": str(runs / "align" / "best")},
+               "objectives": caption_objectives,
                "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions+captions_zh"},
                "optim": optim(b.lm_steps, 1e-3), "checkpointing": ckpt("val/lm/loss", "min")},
         "caption_en": {**common, "task": "captioning", "output_dir": str(runs / "caption_en"),
-                       "model": {"init_from": str(runs / "lm" / "best")},
+                       "model": {"init_from": str(runs / "lm" / "best")}, "objectives": caption_objectives,
                        "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions"},
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
         "caption_zh": {**common, "task": "captioning", "output_dir": str(runs / "caption_zh"),
-                       "model": {"init_from": str(runs / "lm" / "best")},
+                       "model": {"init_from": str(runs / "lm" / "best")}, "objectives": caption_objectives,
                        "data": {"train": data, "val": data, "max_val_samples": 256, "text_field": "captions_zh"},
                        "optim": optim(b.caption_steps, 5e-4), "checkpointing": ckpt("val/lm/loss", "min")},
         # question-guided hops over the grid's tokens and their places, each hop supervised with

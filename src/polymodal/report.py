@@ -71,6 +71,7 @@ def metrics_rows(out: Path) -> list[dict]:
             rows.append({"file": f.name, "task": key.replace("captioning_zh", "captioning (Chinese)"),
                          "split": res["split"], "n": res["n"], "metric": label, "value": res["metrics"].get(metric),
                          "baseline": None if metric.startswith("ceiling") else (res.get("baseline") or {}).get(metric),
+                         "blind": (res.get("blind") or {}).get(metric),
                          "higher": higher})
     return rows
 
@@ -113,13 +114,14 @@ def write_report(out: Path, stages, timings: dict, mode: str) -> Path:
 
     rows = metrics_rows(out)
     table = ["<table><tr><th>task</th><th>split</th><th>n</th><th>metric</th><th>model</th>"
-             "<th>shuffled baseline</th></tr>"]
+             "<th>shuffled baseline</th><th>question-only baseline</th></tr>"]
     for r in rows:
         better = (r["value"] is not None and r["baseline"] is not None
                   and (r["value"] > r["baseline"] if r["higher"] else r["value"] < r["baseline"]))
         table.append(f"<tr><td>{html.escape(r['task'])}</td><td>{r['split']}</td><td class='num'>{r['n']}</td>"
                      f"<td>{html.escape(r['metric'])}</td><td class='num{' good' if better else ''}'>{_fmt(r['value'])}</td>"
-                     f"<td class='num muted'>{_fmt(r['baseline'])}</td></tr>")
+                     f"<td class='num muted'>{_fmt(r['baseline'])}</td>"
+                     f"<td class='num muted'>{_fmt(r['blind']) if r['blind'] is not None else ''}</td></tr>")
     table.append("</table>")
     curves = []
     for s in stages:
@@ -141,7 +143,8 @@ with image-text contrastive (ITC), matching (ITM, hard negatives) and masked-lan
 fine-tuned for VQA and used for retrieval; a GPT-2-style captioner pretrained with LM on English and Chinese
 captions, then fine-tuned per language. Every number below is read from the JSON that
 <code>polymodal eval</code> wrote (<code>{html.escape(str(out / 'metrics'))}</code>); the shuffled baseline
-scores the same predictions given to other test items (chance level). <b>comp</b> is the compositional split:
+scores the same predictions given to other test items (chance level); the question-only baseline answers each
+VQA question with its most common training answer, never looking at the image. <b>comp</b> is the compositional split:
 colour–shape pairs never seen in training.</p>
 <h2>Metrics</h2>{''.join(table)}
 <h2>Test images</h2><p class="muted">Generated captions (beam 3) and answers next to the truth.</p>{_gallery(out)}

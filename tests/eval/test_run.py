@@ -199,3 +199,34 @@ def test_retrieval_ceiling_with_and_without_a_model(world):
         evaluate("vqa", world, split="test", ceiling=True)
     with pytest.raises(DataError, match="scores no model"):
         evaluate("retrieval", world, split="test", ceiling=True, model="clip-tiny")
+
+
+def test_question_only_baseline_learns_the_train_split_priors():
+    """The VQA blind baseline answers each question with its most common training answer (same
+    question, else same first three words, else overall), never looking at an image."""
+    from polymodal.tasks import get_task
+
+    def q(i, question, answer):
+        return {"id": str(i), "question": question, "answers": [answer] * 10}
+
+    train = [q(0, "Is there a red circle?", "yes"), q(1, "is there a red circle", "yes"),
+             q(2, "Is there a red circle?", "no"), q(3, "What colour is the square?", "blue"),
+             q(4, "What colour is the cross?", "red"), q(5, "What colour is the star?", "red"),
+             q(6, "How many shapes are there?", "3")]
+    test = [q(10, "Is  there a RED circle?", "no"), q(11, "What colour is the diamond?", "green"),
+            q(12, "Which shape is left?", "circle")]
+    blind = get_task("vqa").blind(test, train)
+    # same question (case, spaces, "?" ignored): 2 yes vs 1 no; same first words: red 2 vs blue 1;
+    # nothing alike: the most common answer overall (yes, red: 2 each; the first seen wins ties)
+    assert blind == {"10": "yes", "11": "red", "12": "yes"}
+
+
+def test_vqa_baseline_reports_the_question_only_prior(world, tmp_path):
+    recs = list(open_dataset(f"shapes:{world}:vqa", "test"))
+    perfect = _write(tmp_path / "p.jsonl", [{"question_id": r["id"], "answer": r["answers"][0]} for r in recs])
+    res = evaluate("vqa", world, predictions=perfect, split="test", baseline=True)
+    assert 0.0 < res["blind"]["accuracy"] < 1.0
+    assert "accuracy[question_type=count]" in res["blind"]
+    assert "blind" not in evaluate("captioning", world, predictions=_write(
+        tmp_path / "c.jsonl", [{"image_id": r["id"], "caption": "a red circle"}
+                               for r in open_dataset(f"shapes:{world}:captions", "test")]), split="test", baseline=True)

@@ -155,3 +155,74 @@ def test_attribute_tokens_need_object_attributes():
 
     with pytest.raises(ConfigError, match="attribute_tokens needs object_attributes"):
         _hop_model(attribute_tokens=True)
+
+
+_TINY_VISION = {"type": "conv_stem", "dim": 16, "depth": 2, "width": 8}
+_COLOURS = {"color": ["red", "blue"]}
+
+
+def _family(kind: str, **extra):
+    from polymodal.models.base import build
+    from polymodal.registry import MODELS
+
+    text = {"type": "bert", "vocab_size": 20, "hidden_size": 16, "num_attention_heads": 2}
+    spec = {"dual_encoder": {"type": "dual_encoder", "vision": _TINY_VISION, "text": text, "embed_dim": 8},
+            "encoder_decoder": {"type": "encoder_decoder", "vision": _TINY_VISION,
+                                "decoder": {"type": "gpt2", "vocab_size": 20, "n_embd": 16, "n_layer": 1,
+                                            "n_head": 2, "n_positions": 16}}}[kind]
+    torch.manual_seed(0)
+    return build(MODELS, {**spec, **extra}, "model.spec").eval()
+
+
+@pytest.mark.parametrize("kind", ["dual_encoder", "encoder_decoder"])
+def test_attribute_tokens_reach_every_family(kind):
+    """The ITC embedding of a dual encoder and the decoder's memory of an encoder-decoder see what
+    the object heads read when `attribute_tokens` is on, and only then."""
+    pixels, ids = torch.randn(2, 3, 16, 16), torch.randint(1, 20, (2, 5))
+    for attribute_tokens in (True, False):
+        model = _family(kind, object_attributes=_COLOURS, attribute_tokens=attribute_tokens)
+
+        def seen():
+            if kind == "dual_encoder":
+                return model(pixels, ids, torch.ones_like(ids)).image_embeds
+            return model.encode(pixels)[0]
+
+        before = seen()
+        with torch.no_grad():
+            model.object_heads["color"].weight.normal_()
+        assert torch.allclose(before, seen()) != attribute_tokens
+
+
+def test_object_attributes_train_a_captioner_with_its_lm_loss_on_one_forward():
+    """An encoder-decoder with object heads: `lm` and `object_attributes` share one forward pass
+    of the batch (`Batch`), and both losses fall when trained together."""
+    from polymodal.train.objectives import LM, Batch
+
+    torch.manual_seed(0)
+    model = _family("encoder_decoder", object_attributes=_COLOURS, attribute_tokens=True).train()
+    pixels = torch.randn(4, 3, 16, 16)
+    dec = torch.randint(1, 20, (4, 6))
+    # one red object near the top-left of images 0 and 2, a blue one bottom-right of 1 and 3
+    objects = [[{"point": (0.2, 0.2), "color": "red"}], [{"point": (0.8, 0.8), "color": "blue"}]] * 2
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    calls, first = [], None
+    real_forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    for step in range(60):
+        batch = Batch(pixel_values=pixels, decoder_input_ids=dec, decoder_attention_mask=torch.ones_like(dec),
+                      objects=objects)
+        calls.clear()
+        (lm, _), (obj, logs) = LM()(model, batch), ObjectAttributes()(model, batch)
+        assert len(calls) == 1
+        if first is None:
+            first = (lm.item(), obj.item())
+        opt.zero_grad()
+        (lm + obj).backward()
+        opt.step()
+    assert lm.item() < 0.5 * first[0] and obj.item() < 0.5 * first[1]
+    assert logs["acc"].item() == 1.0

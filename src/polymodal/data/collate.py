@@ -201,7 +201,7 @@ class CaptionCollator(Collator):
     def collate(self, items):
         texts = [pick_caption(x, self.field) for x in items]
         refs = [list(x.get(self.field) or [x.get("caption", "")]) for x in items]
-        return {**self._targets(texts), "references": refs}
+        return {**self._targets(texts), "references": refs, **object_annotations(items)}
 
 
 class VqaCollator(Collator):

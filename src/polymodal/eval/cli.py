@@ -23,7 +23,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              out: Optional[str] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N records"),
              lang: str = typer.Option("en", "--lang", help="en | zh (captioning references, retrieval texts)"),
-             baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance)"),
+             baseline: bool = typer.Option(False, "--baseline", help="also score shuffled predictions (chance) and, for VQA, the question-only prior"),
              ceiling: bool = typer.Option(False, "--ceiling",
                                           help="score no model: the best an ideal model can do on the data "
                                                "(retrieval on shapes-world data)"),
@@ -63,10 +63,12 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     from rich.table import Table
 
     # Metric keys ("accuracy[question_type=count]") and paths are text, not rich markup.
-    cols = ["metric", "value"] + (["shuffled baseline"] if "baseline" in result else [])
-    table = Table(*cols, title=escape(f"{task} on {data} (split: {split or 'default'}), n={result['n']}"))
+    extra = [(key, name) for key, name in (("baseline", "shuffled baseline"), ("blind", "question-only baseline"))
+             if key in result]
+    table = Table("metric", "value", *[name for _, name in extra],
+                  title=escape(f"{task} on {data} (split: {split or 'default'}), n={result['n']}"))
     for k, v in result["metrics"].items():
-        row = [k, _fmt(k, v)] + ([_fmt(k, result["baseline"].get(k))] if "baseline" in result else [])
+        row = [k, _fmt(k, v)] + [_fmt(k, result[key].get(k)) for key, _ in extra]
         table.add_row(*map(escape, row))
     Console().print(table)
 

@@ -150,7 +150,9 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
             JSON array, see the module docs).
         split: the data split. limit: score only the first N records.
         lang: "en" or "zh" (captioning references / retrieval texts).
-        baseline: also score the predictions shuffled across items (the chance level).
+        baseline: also score the predictions shuffled across items (the chance level) and,
+            where the task has one (VQA), an image-blind baseline learnt from the data's train
+            split (`Task.blind`: the question-only prior), under "blind".
         keep_predictions: add the predictions {key: value} under "predictions" (tasks with a
             prediction file only; not retrieval).
         ceiling: score no model but the data's ceiling, what an ideal model would score
@@ -159,7 +161,7 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
 
     Returns:
         {"task", "data", "split", "n", "metrics": {...}, ["skipped": {"count", "summary"}],
-         ["baseline": {...}], "seconds"}; `n` counts the records scored: bad ones (unreadable, a
+         ["baseline": {...}], ["blind": {...}], "seconds"}; `n` counts the records scored: bad ones (unreadable, a
         field missing, an unreadable image) are skipped, counted and logged, never fatal.
     """
     task = _task(task)
@@ -192,9 +194,25 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
         result["skipped"] = {"count": skips.count, "summary": skips.summary()}
     if baseline:
         result["baseline"] = task.score(task.shuffled(preds), recs, lang=lang)
+        blind = _blind(task, data, split, recs)
+        if blind is not None:
+            result["blind"] = task.score(blind, recs, lang=lang)
     if keep_predictions and task.prediction_key is not None:
         result["predictions"] = preds
     return result
+
+
+def _blind(task: Task, data, split: str | None, recs: list[dict]) -> dict | None:
+    """The task's image-blind baseline (`Task.blind`), learnt from the data's train split; None
+    when the task has none, or when the data have no train split apart from the one scored."""
+    if split == "train" or type(task).blind is Task.blind:
+        return None
+    try:
+        train, _ = _records(data, task, "train", None, check_images=False)
+    except DataError as e:
+        log.info("no question-only baseline: %s", e)
+        return None
+    return task.blind(recs, train)
 
 
 def _ceiling(task: Task, data, split: str | None, limit: int | None, lang: str) -> dict:

@@ -45,6 +45,33 @@ class _Towers(Component):
     def encode_image_features(self, pixel_values: torch.Tensor) -> Features:
         return self.vision(pixel_values)
 
+    # ---- object-level supervision of the vision tower, shared by every family
+    def _build_object_heads(self, object_attributes: dict[str, list[str]] | None, attribute_tokens: bool):
+        self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
+        self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
+                                           for k, v in self.object_attributes.items()}) or None
+        if attribute_tokens and not self.object_heads:
+            raise ConfigError("model.spec.attribute_tokens needs object_attributes ({attribute: [values]})")
+        n_classes = sum(1 + len(v) for v in self.object_attributes.values())
+        self.attribute_tokens = nn.Linear(n_classes, self.vision.dim) if attribute_tokens else None
+
+    def object_logits(self, image: Features) -> dict[str, torch.Tensor] | None:
+        """What the object heads read on each image token: {attribute: (B, N, 1 + values)}."""
+        return {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+
+    def read_attributes(self, image: Features, object_logits: dict[str, torch.Tensor] | None = None) -> Features:
+        """The image features the rest of the model sees: with `attribute_tokens`, what the object
+        heads read on each token (their softmax, through a linear map) is added to it, and the
+        pooled feature moves by the mean of what was added; without, `image` unchanged."""
+        if self.attribute_tokens is None:
+            return image
+        object_logits = object_logits or self.object_logits(image)
+        probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
+        added = self.attribute_tokens(probs)                                       # (B, N, D)
+        keep = image.mask.unsqueeze(-1).to(added.dtype)
+        pooled = image.pooled + (added * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return replace(image, tokens=image.tokens + added, pooled=pooled)
+
     def encode_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
         return self.text(input_ids, attention_mask)
 
@@ -61,7 +88,7 @@ class _ContrastiveSpace:
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised ITC embeddings (B, E) of the images."""
-        return self.image_embeds(self.vision(pixel_values))
+        return self.image_embeds(self.read_attributes(self.vision(pixel_values)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalised ITC embeddings (B, E) of the texts."""
@@ -74,6 +101,8 @@ class DualEncoderOutput:
     image_embeds: torch.Tensor  # (B, E), L2-normalised
     text_embeds: torch.Tensor   # (B, E), L2-normalised
     logit_scale: torch.Tensor   # scalar, exp(learned log-scale), clamped at 100
+    image_features: Features | None = None                 # the vision tower's output
+    object_logits: dict[str, torch.Tensor] | None = None   # with `object_attributes`
 
 
 @MODELS.register("dual_encoder")
@@ -84,14 +113,18 @@ class DualEncoder(_ContrastiveSpace, _Towers):
         vision, text: encoder specs (registered `type` + kwargs).
         embed_dim: size of the shared space.
         init_temperature: initial softmax temperature (CLIP: 0.07); learned as log(1/T).
+        object_attributes, attribute_tokens: object heads on the image tokens and what they read
+            added to the tokens before pooling (as in `fusion_encoder`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
     tasks = ("pretrain", "retrieval", "classification")
 
-    def __init__(self, vision: dict, text: dict, embed_dim: int = 256, init_temperature: float = 0.07):
+    def __init__(self, vision: dict, text: dict, embed_dim: int = 256, init_temperature: float = 0.07,
+                 object_attributes: dict[str, list[str]] | None = None, attribute_tokens: bool = False):
         super().__init__()
         self._build_towers(vision, text)
+        self._build_object_heads(object_attributes, attribute_tokens)
         self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
         self.text_proj = ProjectionHead(self.text.dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
@@ -99,8 +132,11 @@ class DualEncoder(_ContrastiveSpace, _Towers):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> DualEncoderOutput:
-        return DualEncoderOutput(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
-                                 self.logit_scale.exp().clamp(max=100.0))
+        image = self.vision(pixel_values)
+        object_logits = self.object_logits(image)
+        return DualEncoderOutput(self.image_embeds(self.read_attributes(image, object_logits)),
+                                 self.encode_text(input_ids, attention_mask),
+                                 self.logit_scale.exp().clamp(max=100.0), image, object_logits)
 
 
 # -------------------------------------------------------------------------- fusion encoder
@@ -138,8 +174,8 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             object centred at that token (or none), for the `object_attributes` objective —
             object-level supervision of the vision tower, as detector-pretrained features give.
         attribute_tokens: add what the object heads read on each token (their softmax, through a
-            linear map) to the tokens the fusion sees, so a question word can look for the
-            attribute it names directly (needs `object_attributes`).
+            linear map) to the tokens the fusion and the ITC projection see, so a question word
+            can look for the attribute it names directly (needs `object_attributes`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
@@ -163,27 +199,14 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         else:
             self.image_proj = self.text_proj = self.logit_scale = None
-        self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
-        self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
-                                           for k, v in self.object_attributes.items()}) or None
-        if attribute_tokens and not self.object_heads:
-            raise ConfigError("model.spec.attribute_tokens needs object_attributes ({attribute: [values]})")
-        n_classes = sum(1 + len(v) for v in self.object_attributes.values())
-        self.attribute_tokens = nn.Linear(n_classes, self.vision.dim) if attribute_tokens else None
-
-    def object_logits(self, image: Features) -> dict[str, torch.Tensor] | None:
-        """What the object heads read on each image token: {attribute: (B, N, 1 + values)}."""
-        return {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+        self._build_object_heads(object_attributes, attribute_tokens)
 
     def fuse(self, image: Features, text: Features,
              object_logits: dict[str, torch.Tensor] | None = None) -> Features:
-        """The fusion of image and text features; with `attribute_tokens`, what the object heads
-        read (`object_logits`, computed when not given) is added to the image tokens first."""
-        if self.attribute_tokens is not None:
-            object_logits = object_logits or self.object_logits(image)
-            probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
-            image = replace(image, tokens=image.tokens + self.attribute_tokens(probs))
-        return self.fusion(image, text)
+        """The fusion of the towers' image and text features (`read_attributes` first: with
+        `attribute_tokens` the fusion sees what the object heads read, `object_logits`, computed
+        when not given)."""
+        return self.fusion(self.read_attributes(image, object_logits), text)
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
@@ -216,6 +239,8 @@ class EncoderDecoderOutput:
     logits: torch.Tensor       # (B, T, V) next-token logits for decoder_input_ids
     memory: torch.Tensor       # (B, M, D_dec)
     memory_mask: torch.Tensor  # (B, M) bool
+    image_features: Features | None = None                 # the vision tower's output
+    object_logits: dict[str, torch.Tensor] | None = None   # with `object_attributes`
 
 
 @MODELS.register("encoder_decoder")
@@ -228,14 +253,19 @@ class EncoderDecoder(_Towers):
 
     Args:
         vision, decoder: part specs; text: optional text tower spec.
+        object_attributes, attribute_tokens: object heads on the image tokens (the
+            `object_attributes` objective) and what they read added to the tokens the decoder
+            attends to (as in `fusion_encoder`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
     tasks = ("pretrain", "captioning", "vqa", "translation")
 
-    def __init__(self, vision: dict, decoder: dict, text: dict | None = None):
+    def __init__(self, vision: dict, decoder: dict, text: dict | None = None,
+                 object_attributes: dict[str, list[str]] | None = None, attribute_tokens: bool = False):
         super().__init__()
         self._build_towers(vision, text)
+        self._build_object_heads(object_attributes, attribute_tokens)
         self.decoder = build(DECODERS, decoder, "model.decoder")
         d = self.decoder.dim
         self.image_to_memory = nn.Sequential(nn.Linear(self.vision.dim, d), nn.LayerNorm(d))
@@ -245,7 +275,11 @@ class EncoderDecoder(_Towers):
     def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory (B, M, D) and its mask (B, M) for the decoder's cross-attention."""
-        image = self.vision(pixel_values)
+        return self.memory(self.read_attributes(self.vision(pixel_values)), input_ids, attention_mask)
+
+    def memory(self, image: Features, input_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory and mask from image features (after `read_attributes`) and the optional text."""
         memory = [self.image_to_memory(image.tokens) + self.modality[0]]
         masks = [image.mask]
         if self.text is not None:
@@ -259,9 +293,11 @@ class EncoderDecoder(_Towers):
     def forward(self, pixel_values: torch.Tensor, decoder_input_ids: torch.Tensor,
                 decoder_attention_mask: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> EncoderDecoderOutput:
-        memory, memory_mask = self.encode(pixel_values, input_ids, attention_mask)
+        image = self.vision(pixel_values)
+        object_logits = self.object_logits(image)
+        memory, memory_mask = self.memory(self.read_attributes(image, object_logits), input_ids, attention_mask)
         logits = self.decoder(decoder_input_ids, decoder_attention_mask, memory, memory_mask)
-        return EncoderDecoderOutput(logits, memory, memory_mask)
+        return EncoderDecoderOutput(logits, memory, memory_mask, image, object_logits)
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,

@@ -136,6 +136,11 @@ class Task:
         impossible and say by how much (retrieval on shapes-world scenes); {} when not known."""
         return {}
 
+    def blind(self, records: list[dict], train: list[dict]) -> dict | None:
+        """Predictions that see no image, learnt from the `train` records (VQA: the question-only
+        prior); None when the task has no such baseline."""
+        return None
+
     def shuffled(self, predictions: dict, seed: int = 0) -> dict:
         """The same predictions assigned to random other items: the chance level a model must beat."""
         keys = list(predictions)

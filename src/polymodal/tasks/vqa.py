@@ -37,6 +37,38 @@ class VQA(Task):
         ans = batched(lambda ims, ch: model.answer(ims, [r["question"] for r in ch], **generation), records, batch_size)
         return {r["id"]: a for r, a in zip(records, ans)}
 
+    def blind(self, records, train):
+        """The question-only baseline: for each question, the answer given most often to the same
+        question in `train` (case, spaces and the final "?" ignored); else to questions that
+        start with the same three words (a question type, as in the VQA paper's per-type prior);
+        else the most common training answer. It sees no image: what language priors alone
+        answer, the level below which a model has learnt nothing from the picture."""
+        from collections import Counter
+
+        from polymodal.data.answers import normalize_answer
+
+        def norm(q):
+            return " ".join(str(q).lower().rstrip("?").split())
+
+        by_question, by_type, overall = {}, {}, Counter()
+        for r in train:
+            answers = r.get("answers") or []
+            if not answers:
+                continue
+            a = Counter(normalize_answer(x) for x in answers).most_common(1)[0][0]
+            q = norm(r.get("question", ""))
+            by_question.setdefault(q, Counter())[a] += 1
+            by_type.setdefault(" ".join(q.split()[:3]), Counter())[a] += 1
+            overall[a] += 1
+        if not overall:
+            return None
+        out = {}
+        for r in records:
+            q = norm(r.get("question", ""))
+            prior = by_question.get(q) or by_type.get(" ".join(q.split()[:3])) or overall
+            out[r["id"]] = prior.most_common(1)[0][0]
+        return out
+
     def score(self, predictions, records, lang="en"):
         refs = {r["id"]: r["answers"] for r in records}
         qt = {r["id"]: r["question_type"] for r in records if "question_type" in r}

@@ -59,6 +59,11 @@ def _forward(model, batch: dict):
 
 
 def _plain_forward(model, batch: dict):
+    if getattr(getattr(model, "module", model), "decoder", None) is not None:   # (DDP wraps it in .module)
+        # an encoder-decoder: the decoder reads the targets
+        return model(pixel_values=batch["pixel_values"], decoder_input_ids=batch["decoder_input_ids"],
+                     decoder_attention_mask=batch["decoder_attention_mask"], input_ids=batch.get("input_ids"),
+                     attention_mask=batch.get("attention_mask"))
     extra = {"image_index": batch["image_index"]} if batch.get("image_index") is not None else {}
     return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
                  attention_mask=batch["attention_mask"], **extra)
@@ -281,8 +286,7 @@ class LM(Objective):
 
     def __call__(self, model, batch):
         dec, dmask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
-        out = model(pixel_values=batch["pixel_values"], decoder_input_ids=dec, decoder_attention_mask=dmask,
-                    input_ids=batch.get("input_ids"), attention_mask=batch.get("attention_mask"))
+        out = _forward(model, batch)           # shared with object_attributes on the same batch
         logits = out.logits[:, :-1].float()                                # (B, T-1, V)
         target = dec[:, 1:].masked_fill(dmask[:, 1:] == 0, -100)           # (B, T-1)
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
@@ -414,7 +418,7 @@ class ObjectAttributes(Objective):
 
     def check(self, model):
         _need(bool(getattr(model, "object_attributes", None)),
-              "objective object_attributes needs a fusion_encoder with object_attributes "
+              "objective object_attributes needs a model built with object_attributes "
               "({attribute: [values]}, e.g. {color: [red, blue], shape: [circle, square]})")
 
     def __call__(self, model, batch):
