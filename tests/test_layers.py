@@ -15,6 +15,7 @@ FORBIDDEN = {
     "infer": ("train", "cli", "demo", "compare"),
     "tasks": ("train", "cli", "demo", "compare"),
     "train": ("cli", "demo", "compare"),
+    "explain": ("train", "cli", "demo", "compare"),
     "serve": ("train", "cli", "demo", "compare"),
 }
 #: the command-line modules of an area may reach up to the registries they resolve names in

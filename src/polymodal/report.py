@@ -149,6 +149,7 @@ VQA question with its most common training answer, never looking at the image. <
 colour–shape pairs never seen in training.</p>
 <h2>Metrics</h2>{''.join(table)}
 <h2>Test images</h2><p class="muted">Generated captions (beam 3) and answers next to the truth.</p>{_gallery(out)}
+{_heat_maps(out)}
 <h2>Training curves</h2><div class="curves">{''.join(curves)}</div>
 <h2>Time per stage</h2><table><tr><th>stage</th><th>time</th></tr>{times}</table>
 <h2>Reproduce by hand</h2><p>Each stage is one command (configs in <code>{html.escape(str(out / 'configs'))}</code>):</p>
@@ -157,3 +158,29 @@ colour–shape pairs never seen in training.</p>
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _heat_maps(out: Path, n: int = 3) -> str:
+    """"What the models looked at": heat maps (polymodal.explain) of the VQA model for a few test
+    questions that name one object, and of the English captioner per generated word."""
+    import polymodal
+    from polymodal.data import open_dataset
+    from polymodal.explain import render
+
+    runs = out / "runs"
+    qs = [q for q in open_dataset(f"shapes:{out / 'data'}:vqa", "test")
+          if q.get("question_type") in ("color", "shape")][:n]
+    caps = list(open_dataset(f"shapes:{out / 'data'}:captions", "test"))[:2]
+    exs = polymodal.load(runs / "vqa" / "best").explain([q["image"] for q in qs], [q["question"] for q in qs],
+                                                         method="attention")
+    exs += polymodal.load(runs / "caption_en" / "best").explain([c["image"] for c in caps], max_new_tokens=24)
+    cards = []
+    for ex, rec in zip(exs, qs + caps):
+        buf = io.BytesIO()
+        render(ex, rec["image"]).save(buf, format="PNG")
+        cards.append(f"<div class='card'><img src='{_img(buf.getvalue())}' alt='heat map {html.escape(rec['id'])}'></div>")
+    return ("<h2>What the models looked at</h2><p class='muted'>Heat maps over the test images "
+            "(<code>polymodal explain</code>, docs/interpretability.md): the VQA model's attention over the image "
+            "for a question (the map should sit on the object the question names), and the captioner's "
+            "gradient × cross-attention for the whole caption and for each word.</p>"
+            "<div class='gallery' style='grid-template-columns:1fr 1fr'>" + "".join(cards) + "</div>")

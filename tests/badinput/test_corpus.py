@@ -203,6 +203,13 @@ CASES = [
          says=["no requests in this file"]),
     Case("ask-captioner", ["ask", "--model", "{captioner}", "--image", "{good0}", "--question", "why?", "--json"], 1,
          rows=["is a captioner; it cannot answer questions"]),
+    Case("explain-no-text", ["explain", "--model", "{vqa}", "--image", "{good0}"], 2,
+         says=["exactly one of --question, --text or --caption"]),
+    Case("explain-broken-image", ["explain", "--model", "{vqa}", "--image", "{broken}", "--question", "why?"], 2,
+         says=["broken.png"]),
+    Case("explain-unknown-method", ["explain", "--model", "{vqa}", "--image", "{good0}", "--question", "why?",
+                                    "--method", "lime"], 2, says=["unknown explanation method 'lime'"]),
+    Case("explain-measure-without-data", ["explain", "--model", "{vqa}", "--pointing-game"], 2, says=["give --data"]),
     # ---- images: each bad file fails alone ------------------------------------------------------
     Case("caption-folder", ["caption", "--model", "{captioner}", "{imgs}", "--json", "--max-tokens", "3"], 1,
          rows=["broken.png: corrupt", "empty.png: not an image", OK, OK, "huge.png: refused as a decompression bomb",

@@ -17,6 +17,7 @@ def test_quick_demo_writes_a_report_matching_the_metrics(tmp_path):
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()
     assert "<img src='data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("Reproduce")[0]
+    assert "What the models looked at" in page and page.count("alt='heat map") == 5   # 3 questions, 2 captions
     from polymodal.report import metrics_rows
 
     rows = metrics_rows(out)

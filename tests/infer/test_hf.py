@@ -405,3 +405,27 @@ def test_fast_preprocess_and_bf16_through_load(ved_dir, clip_dir, images):
     assert bf16.dtype == np.float32 and not np.array_equal(f32, bf16)  # autocast did run
     assert (f32 * bf16).sum(1).min() > 0.99  # and stays close to float32
     assert all(isinstance(c, str) for c in polymodal.load(ved_dir, bf16=True).caption(images, max_length=8))
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip", "ved"])
+def test_explain_hugging_face_checkpoints(arch, clip_dir, siglip_dir, ved_dir, images):
+    """polymodal explains the HF checkpoints it loads: maps of each image's size in [0, 1] that
+    depend on the image; a captioner's map per generated token."""
+    m = polymodal.load({"clip": clip_dir, "siglip": siglip_dir, "ved": ved_dir}[arch])
+    assert "explain" in m.tasks
+    texts = None if arch == "ved" else ["a red circle"] * 2
+    from polymodal.explain import methods_of
+
+    for method in methods_of(m):
+        exs = m.explain(images[:2], texts, method=method, max_new_tokens=3)
+        for img, ex in zip(_pils(images[:2]), exs):
+            assert ex.map.shape == (img.size[1], img.size[0]) and np.isfinite(ex.map).all()
+            assert ex.map.min() >= 0 and ex.map.max() == pytest.approx(1.0)
+            if arch == "ved" and method in ("attention", "grad_attention"):
+                assert ex.answer is not None and len(ex.tokens) >= 1
+        assert not np.allclose(exs[0].grid, exs[1].grid)
+
+
+def test_blip_vqa_is_not_explained_and_says_what_it_can_do(blip_vqa_dir, images):
+    with pytest.raises(UnsupportedTaskError, match="cannot explain"):
+        polymodal.load(blip_vqa_dir).explain(images[:1], ["what is it?"])

@@ -232,3 +232,32 @@ def test_gate_interpolates_between_modalities():
 def test_bad_options_are_config_errors(name, spec, match):
     with pytest.raises(ConfigError, match=match):
         FUSIONS.build({"type": name, **spec}, "model.fusion", image_dim=IMAGE_DIM, text_dim=TEXT_DIM)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
+def test_recording_attention_changes_nothing_and_gives_probabilities(name, kwargs):
+    """`recording_attention` (for explanations) spells attention out: the same outputs, and each
+    record is a probability distribution over the real keys, in the autograd graph."""
+    from polymodal.models.fusion import recording_attention
+
+    m = make(name, **kwargs)
+    image, text = inputs()
+    ref = m(image, text)
+    with recording_attention(m) as records:
+        out = m(image, text)
+    torch.testing.assert_close(out.tokens, ref.tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.pooled, ref.pooled, rtol=1e-5, atol=1e-5)
+    attends = name in ("attention", "cross_transformer", "hop_attention")
+    assert bool(records) == attends
+    for layer, probs in records:
+        assert probs.dim() == 4 and probs.shape[0] == B and probs.requires_grad
+        sums = probs.sum(-1)
+        assert torch.allclose(sums[sums > 0], torch.ones_like(sums[sums > 0]), atol=1e-5)
+        assert (probs >= 0).all()
+    if name == "hop_attention":
+        assert len(records) == m.hops and records[0][1].shape == (B, 1, 1, N)
+        # padded image tokens get no attention
+        assert (records[0][1][:, 0, 0][~image.mask] < 1e-6).all()
+    # outside the block nothing is recorded any more
+    m(image, text)
+    assert all(getattr(x, "attention_record", None) is None for x in m.modules())

@@ -282,6 +282,20 @@ def test_a_task_registered_elsewhere_is_served_as_json_and_png(vqa):
     assert Image.open(__import__("io").BytesIO(res.content)).size == (32, 32)  # the heat map over the image
 
 
+def test_explain_is_served_as_json_and_png(vqa):
+    """`/explain` (polymodal.explain): the model's heat map as JSON (the image's size, in [0, 1]),
+    or drawn over the image with `?format=png`."""
+    im = np.zeros((32, 48, 3), dtype=np.uint8)
+    im[4:12, 30:40] = 250
+    want = vqa.model.explain([im], ["what colour is it?"], method="attention")[0]
+    res = vqa.post("/explain", json={"image": data_url(im), "text": "what colour is it?", "method": "attention"})
+    got = res.json()["results"][0]
+    assert res.status_code == 200 and got["method"] == "attention" and got["answer"] == want.answer
+    assert np.allclose(got["map"], want.map, atol=1e-6) and np.array(got["map"]).shape == (32, 48)
+    res = vqa.post("/explain?format=png", files={"image": png(im)}, data={"text": "what colour is it?"})
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+
+
 # ------------------------------------------------------------------------------------- errors
 def test_upload_over_the_limit_is_413_with_or_without_a_length(vqa):
     big = b"\0" * (1024 * 1024 + 10)

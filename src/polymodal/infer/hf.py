@@ -6,10 +6,10 @@ image processor and tokenizer with `local_files_only=True` — nothing is downlo
 
 Supported (see `SUPPORTED`):
 
-    VisionEncoderDecoderModel     captioner   .caption          (e.g. ViT-GPT-2)
+    VisionEncoderDecoderModel     captioner   .caption, .explain  (e.g. ViT-GPT-2)
     BlipForConditionalGeneration  captioner   .caption          (optionally after a text prompt)
     BlipForQuestionAnswering      VQA         .answer
-    CLIPModel, SiglipModel        embedder    .embed_images / .embed_texts / .classify / .retrieve
+    CLIPModel, SiglipModel        embedder    .embed_images / .embed_texts / .classify / .retrieve / .explain
 
 The wrappers call the Hugging Face model exactly as its own documentation does: pixel values
 come from the checkpoint's own image processor (`AutoImageProcessor`), and `.caption(imgs,
@@ -185,7 +185,7 @@ class HFVisionEncoderDecoder(_Generator):
 
     hf_class = "VisionEncoderDecoderModel"
     kind = "captioner"
-    tasks = ("caption",)
+    tasks = ("caption", "explain")
 
     def _generate(self, pixel_values, **gen):
         # The exact call of the model card, model.generate(pixel_values, max_length=16, num_beams=4),
@@ -303,7 +303,7 @@ class HFClip(HFModel):
 
     hf_class = "CLIPModel"
     kind = "CLIP image-text encoder"
-    tasks = ("classify", "embed_images", "embed_texts", "retrieve")
+    tasks = ("classify", "embed_images", "embed_texts", "retrieve", "explain")
 
     def _tokenize(self, texts: list[str]):
         # CLIP pads to the longest text; truncate to what the position table holds.

@@ -149,8 +149,15 @@ class LoadedModel:
     def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
         self._unsupported("translate")
 
-    def explain(self, *args, **kwargs):
-        self._unsupported("explain its predictions")
+    def explain(self, images: Sequence[Any], texts: Sequence[str] | None = None, method: str | None = None,
+                **kwargs):
+        """Heat maps of what the model looked at: one `polymodal.explain.Explanation` per image
+        (the `explain` task, polymodal.tasks.explain; methods and targets in polymodal.explain)."""
+        if "explain" not in self.tasks:
+            self._unsupported("explain its predictions")
+        from polymodal.tasks import get_task
+
+        return get_task("explain").run(self, images, texts=texts, method=method, **kwargs)
 
 
 def load(source, **kwargs) -> LoadedModel:

@@ -24,12 +24,17 @@ Registered in `FUSIONS`:
                       many) with a bilinear relational readout; exposes the hops' attention
 
 Attention uses `torch.nn.functional.scaled_dot_product_attention` with boolean key masks:
-fast on CPU and bf16-friendly under `torch.autocast`.
+fast on CPU and bf16-friendly under `torch.autocast`. Inside `recording_attention(module)` the
+attention layers (and the hops of `hop_attention`) compute their probabilities explicitly instead
+and hand them over, still in the autograd graph, so explanations (polymodal.explain) can take
+gradients with respect to them; outside it nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +49,27 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Fusion", "ConcatFusion", "AttentionFusion", "CrossTransformerFusion", "ProjectionFusion",
     "GatedFusion", "BilinearFusion", "HopAttentionFusion", "MultiHeadAttention", "FeedForward", "TransformerBlock",
+    "recording_attention",
 ]
+
+
+@contextlib.contextmanager
+def recording_attention(module: nn.Module) -> Iterator[list]:
+    """Within the block, every attention of `module` (its `MultiHeadAttention` layers, the hops of
+    `HopAttentionFusion`) appends `(layer, probs)` to the list yielded, in the order they run:
+    `probs` (B, H, T_queries, N_keys) are the attention probabilities as computed, in the
+    autograd graph (a hop is one head and one query over the image tokens). Opt-in because the
+    explicit softmax is slower than the fused kernel; the outputs are the same.
+    """
+    records: list = []
+    layers = [m for m in module.modules() if hasattr(m, "attention_record")]
+    for m in layers:
+        m.attention_record = records
+    try:
+        yield records
+    finally:
+        for m in layers:
+            m.attention_record = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +89,7 @@ class MultiHeadAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
+        self.attention_record: list | None = None  # set by `recording_attention`
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -78,8 +104,15 @@ class MultiHeadAttention(nn.Module):
         # True = may attend; broadcast over heads and queries. A query whose context is all padding
         # gets a zero output (torch's safe softmax), never NaN.
         attn_mask = context_mask[:, None, None, :]  # (B, 1, 1, N)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.attention_record is not None:
+            # the same attention, spelled out so its probabilities can be read and differentiated
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(D // H)  # (B, H, T, N)
+            probs = scores.masked_fill(~attn_mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+            self.attention_record.append((self, probs))
+            y = F.dropout(probs, self.dropout, self.training) @ v  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
 
@@ -496,6 +529,7 @@ class HopAttentionFusion(Fusion):
         self.readout = nn.Sequential(nn.Linear(readout_in, 2 * dim), nn.GELU(), nn.Dropout(dropout),
                                      nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
         self.tokens_out = nn.Linear(2 * dim, dim)
+        self.attention_record: list | None = None  # set by `recording_attention`
 
     def forward(self, image: Features, text: Features) -> Features:
         img, img_mask, txt, txt_mask = self._inputs(image, text)
@@ -519,6 +553,10 @@ class HopAttentionFusion(Fusion):
             logits = (keys @ self.q_key(q).unsqueeze(-1)).squeeze(-1) / math.sqrt(d) + self.gate_bias[k]
             logits = logits.masked_fill(~img_mask, -1e4)                                         # (B, N)
             a = logits.softmax(-1)
+            if self.attention_record is not None:
+                probs = a[:, None, None, :]                                                      # (B, 1, 1, N)
+                self.attention_record.append((self, probs))
+                a = probs[:, 0, 0]  # downstream reads the recorded tensor, so its gradient is the hop's
             found = (a.unsqueeze(-1) * values).sum(1)                                            # (B, dim)
             xy = (a.unsqueeze(-1) * pos).sum(1)                                                  # (B, 2)
             count = (torch.sigmoid(logits) * img_mask).sum(-1, keepdim=True)                     # (B, 1)

@@ -312,6 +312,8 @@ def first_picture(result: Any, image=None):
 
     if isinstance(result, Image.Image):
         return result
+    if hasattr(result, "__dataclass_fields__"):  # e.g. an Explanation: its fields in order, the map first
+        result = {f: getattr(result, f) for f in result.__dataclass_fields__}
     if isinstance(result, dict):
         for v in result.values():
             found = first_picture(v, image)
