@@ -6,6 +6,7 @@ from polymodal.tasks.base import (Task, all_tasks, family_of, get_task, offered_
                                   on_register, register_task, task_names, task_of_method)
 from polymodal.tasks import (captioning, classification, grounding, pretraining, retrieval, translation,  # noqa: F401
                              vqa)
+from polymodal.tasks import detection  # noqa: F401
 
 __all__ = ["Task", "register_task", "get_task", "task_names", "all_tasks", "family_of",
            "offered_methods", "on_register", "task_of_method"]
