@@ -268,11 +268,16 @@ def test_a_tiny_detector_learns_to_place_boxes():
     before = top1()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rnd = random.Random(0)
-    for _ in range(40):
-        model.train()
-        loss, _ = objective(model, Batch(collate(rnd.sample(train, 16))))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # small matrices: a second thread only adds contention (12 s vs minutes)
+    try:
+        for _ in range(40):
+            model.train()
+            loss, _ = objective(model, Batch(collate(rnd.sample(train, 16))))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     after = top1()
     assert after > before + 0.25, (before, after)
