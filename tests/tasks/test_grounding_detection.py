@@ -281,3 +281,24 @@ def test_a_tiny_detector_learns_to_place_boxes():
         torch.set_num_threads(threads)
     after = top1()
     assert after > before + 0.25, (before, after)
+
+
+def test_detector_object_heads_train_with_the_object_attributes_objective():
+    from polymodal.train.objectives import Batch, ObjectAttributes
+
+    torch.manual_seed(0)
+    model = polymodal.create_model("grounder-tiny", object_attributes={"color": ["red", "blue"]}, attribute_tokens=True)
+    collate = make_collator("detect", Processor.from_spec(get_recipe("grounder-tiny")["processor"]))
+    im = Image.new("RGB", (64, 64))
+    objects = [{"box": [0, 0, 8, 8], "color": "red"}, {"box": [40, 40, 56, 56], "color": "blue"}]
+    batch = Batch(collate([{"id": "a", "image_id": "1", "image": im, "text": "red objects", "boxes": [[0, 0, 8, 8]],
+                            "objects": objects},
+                           {"id": "b", "image_id": "1", "image": im, "ref": "the blue object", "box": [40, 40, 56, 56],
+                            "objects": objects}]))
+    out = batch.forward(model)
+    assert out.object_logits["color"].shape == (2, 64, 3)
+    loss, logs = ObjectAttributes()(model, batch)
+    match, _ = SetMatching()(model, batch)
+    (loss + match).backward()
+    assert torch.isfinite(loss) and model.attribute_tokens.weight.grad.abs().sum() > 0
+    assert model.object_heads["color"].weight.grad.abs().sum() > 0

@@ -355,7 +355,8 @@ class DetectionCollator(Collator):
     Batch: pixel_values (one row per image, `image_index` (B,) when records share images),
     input_ids / attention_mask of the texts, target_boxes: per record a (T, 4) tensor of
     (x0, y0, x1, y1) fractions of the image's width and height (T = 0: nothing matches), and
-    phrase_kinds.
+    phrase_kinds; `objects` when the records list every object of their image (the
+    `object_attributes` objective, see `object_annotations`).
     """
 
     task = "detect"
@@ -368,7 +369,8 @@ class DetectionCollator(Collator):
             boxes = torch.tensor([[float(v) for v in b] for b in target_boxes(x)], dtype=torch.float32).view(-1, 4)
             targets.append((boxes / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp(0.0, 1.0))
         return {**self._tokens([query_text(x) for x in items]), "target_boxes": targets,
-                "phrase_kinds": [x.get("phrase_kind", "ref" if x.get("ref") is not None else None) for x in items]}
+                "phrase_kinds": [x.get("phrase_kind", "ref" if x.get("ref") is not None else None) for x in items],
+                **object_annotations(items)}
 
 
 #: collator name -> collator class (a task names the one it uses per model family: polymodal.tasks)

@@ -30,6 +30,9 @@ class DetectorOutput:
     boxes: torch.Tensor                   # (B, N, 4) each token's box (x0, y0, x1, y1), fractions of the image
     image_features: Features | None = None
     text_features: Features | None = None
+    # per image token, logits over each object attribute's values, class 0 = "no object centred
+    # here" ({attribute: (B, N, 1 + values)}), when the model has `object_attributes`
+    object_logits: dict[str, torch.Tensor] | None = None
 
 
 @MODELS.register("text_detector")
@@ -46,13 +49,19 @@ class TextDetector(_Towers):
             layers run once per (image, text) pair, so their width is most of a step's cost.
         reach: how far (in grid cells) a token's box centre may lie from the token's own centre.
         prior: the initial match probability of a token (focal-loss initialisation, RetinaNet).
+        object_attributes: {attribute: [values]}: a linear head per attribute on every image token,
+            naming the object centred there (or none), for the `object_attributes` objective, as
+            in FusionEncoder: object-level supervision of the vision tower.
+        attribute_tokens: add what those heads read (their softmax, through a linear map) to the
+            image tokens before the joint layers, so a word can look for the attribute it names.
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
     tasks = ("grounding", "detection")
 
     def __init__(self, vision: dict, text: dict, dim: int = 128, layers: int = 2, heads: int = 4,
-                 ffn: int | None = None, reach: float = 1.5, prior: float = 0.01):
+                 ffn: int | None = None, reach: float = 1.5, prior: float = 0.01,
+                 object_attributes: dict[str, list[str]] | None = None, attribute_tokens: bool = False):
         super().__init__()
         self._build_towers(vision, text)
         if self.text is None:
@@ -69,6 +78,13 @@ class TextDetector(_Towers):
         nn.init.constant_(self.match.bias, -math.log((1 - prior) / prior))
         self.box = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 4))
         self.dim, self.reach = dim, reach
+        self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
+        self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
+                                           for k, v in self.object_attributes.items()}) or None
+        if attribute_tokens and not self.object_heads:
+            raise ConfigError("model.spec.attribute_tokens needs object_attributes ({attribute: [values]})")
+        n_classes = sum(1 + len(v) for v in self.object_attributes.values())
+        self.attribute_tokens = nn.Linear(n_classes, self.vision.dim) if attribute_tokens else None
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
@@ -82,7 +98,12 @@ class TextDetector(_Towers):
         if image.positions is None:
             raise ConfigError("text_detector needs a vision tower whose tokens have places (Features.positions: "
                               "conv_stem or efficientnet_lite0), not one with a CLS token")
-        x = self.image_in(image.tokens)                                    # (B, N, D)
+        object_logits = {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+        tokens = image.tokens                                              # (B, N, Dv)
+        if self.attribute_tokens is not None:
+            probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
+            tokens = tokens + self.attribute_tokens(probs)
+        x = self.image_in(tokens)                                          # (B, N, D)
         t = self.text_in(text.tokens)                                      # (B, T, D)
         for layer in self.layers:
             x = layer(x, t, memory_key_padding_mask=~text.mask)
@@ -94,4 +115,4 @@ class TextDetector(_Towers):
         centre = pos + torch.tanh(raw[..., :2]) * self.reach * cell        # (B, N, 2)
         size = torch.sigmoid(raw[..., 2:])                                 # (B, N, 2) width, height
         boxes = cxcywh_to_xyxy(torch.cat([centre, size], -1))
-        return DetectorOutput(logits, boxes, image, text)
+        return DetectorOutput(logits, boxes, image, text, object_logits)

@@ -414,7 +414,7 @@ class ObjectAttributes(Objective):
 
     def check(self, model):
         _need(bool(getattr(model, "object_attributes", None)),
-              "objective object_attributes needs a fusion_encoder with object_attributes "
+              "objective object_attributes needs a model (fusion_encoder, text_detector) with object_attributes "
               "({attribute: [values]}, e.g. {color: [red, blue], shape: [circle, square]})")
 
     def __call__(self, model, batch):

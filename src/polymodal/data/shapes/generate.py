@@ -97,7 +97,7 @@ def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dic
         "ground": [{"id": f"{iid}_r{k}", **base, "ref": r["ref"], "box": r["box"], "objects": objects}
                    for k, r in enumerate(text["refs"])],
         "detect": [{"id": f"{iid}_d{k}", **base, "text": p["text"], "boxes": p["boxes"],
-                    "phrase_kind": p["phrase_kind"]} for k, p in enumerate(text.get("phrases", []))],
+                    "phrase_kind": p["phrase_kind"], "objects": objects} for k, p in enumerate(text.get("phrases", []))],
         "translate": [{"id": f"{iid}_t{k}", **base, "source": en, "target": zh}
                       for k, (en, zh) in enumerate(zip(text["captions"], text["captions_zh"]))],
     }
