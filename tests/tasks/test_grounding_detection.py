@@ -302,3 +302,23 @@ def test_detector_object_heads_train_with_the_object_attributes_objective():
     (loss + match).backward()
     assert torch.isfinite(loss) and model.attribute_tokens.weight.grad.abs().sum() > 0
     assert model.object_heads["color"].weight.grad.abs().sum() > 0
+
+
+def test_coco_instance_annotations_read_as_detection_records(tmp_path):
+    from polymodal.data.formats import open_dataset
+
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "traffic light"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+                           {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 0},
+                           {"id": 3, "image_id": 2, "category_id": 7, "bbox": [1, 1, 2, 2], "iscrowd": 1}]}
+    (tmp_path / "instances.json").write_text(json.dumps(doc))
+    recs = {r["id"]: r for r in open_dataset(f"coco_instances:{tmp_path / 'instances.json'}")}
+    assert recs["1_c3"]["text"] == "cat" and recs["1_c3"]["boxes"] == [[10, 20, 40, 60], [0, 0, 5, 5]]
+    assert recs["1_c7"]["boxes"] == [] and recs["1_c7"]["phrase_kind"] == "none"
+    assert recs["2_c7"]["boxes"] == [] and recs["1_c3"]["image"] == str(tmp_path / "a.jpg")  # crowd regions left out
+    present = list(open_dataset({"format": "coco_instances", "path": str(tmp_path / "instances.json"), "absent": "none"}))
+    assert [r["id"] for r in present] == ["1_c3"]
+    (tmp_path / "captions.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match="not a COCO instances file"):
+        list(open_dataset(f"coco_instances:{tmp_path / 'captions.json'}"))
