@@ -222,16 +222,18 @@ def _evaluations(out: Path, b: Budget) -> list[dict]:
 
 def _ground_configs(out: Path, b: Budget, common: dict, proc: dict) -> dict[str, dict]:
     """The text-queried detector's run config: its own towers (a position-aware grid: CoordConv +
-    (x, y) embeddings), referring expressions and detection phrases trained together."""
+    (x, y) embeddings, every token naming the object centred on it), referring expressions and
+    detection phrases trained together (configs/shapes/grounding.yaml is the full recipe)."""
     data, runs = out / "data", out / "runs"
     towers = _towers(b)
     files = {s: {"format": "jsonl", "path": [str(data / f"ground_{s}.jsonl"), str(data / f"detect_{s}.jsonl")]}
              for s in ("train", "val")}
     return {"ground": {**common, "task": "detection", "output_dir": str(runs / "ground"),
                        "model": {"spec": {"type": "text_detector", "vision": {**towers["vision"], "coords": True},
-                                          "text": towers["text"], "dim": b.dim, "layers": 2, "heads": 4},
+                                          "text": towers["text"], "dim": b.dim, "layers": 2, "heads": 4,
+                                          "object_attributes": _object_attributes(), "attribute_tokens": True},
                                  "processor": proc},
-                       "objectives": [{"type": "set_matching"}],
+                       "objectives": [{"type": "set_matching"}, {"type": "object_attributes"}],
                        "data": {"train": files["train"], "val": files["val"], "max_val_samples": 256,
                                 "group_by_image": True},
                        "optim": {"lr": 1e-3, "max_steps": b.ground_steps, "batch_size": b.batch_size,
