@@ -176,7 +176,7 @@ def test_loaded_detector_grounds_and_detects(ckpt):
     assert len(g["box"]) == 4 and 0 <= g["score"] <= 1
     x0, y0, x1, y1 = g["box"]
     assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 40                      # pixels of this image
-    [all_boxes] = m.detect([img], ["red circles"], threshold=0.0)
+    [all_boxes] = m.detect([img], ["the red circle"], threshold=0.0)
     # every token's box; the best of them is the grounded one
     assert len(all_boxes) == 64 and all_boxes[0] == {"box": g["box"], "score": pytest.approx(g["score"])}
     assert [b["score"] for b in all_boxes] == sorted((b["score"] for b in all_boxes), reverse=True)
