@@ -235,6 +235,43 @@ def translate_cmd(model: str = typer.Option(..., "--model", "-m"), image: Option
     _finish(rows, as_json, ["image", "text", "translation"])
 
 
+@app.command("ground")
+def ground_cmd(model: str = typer.Option(..., "--model", "-m", help="checkpoint dir of a text detector"),
+               image: Optional[str] = typer.Option(None, "--image"),
+               text: Optional[str] = typer.Option(None, "--text", help="a referring expression or a phrase"),
+               requests: Optional[str] = typer.Option(None, "--requests", help='JSONL of {"image", "text"}'),
+               threshold: Optional[float] = typer.Option(
+                   None, "--threshold", min=0.0, max=1.0,
+                   help="every box scoring at least this (detection; maybe none); default: the one best box"),
+               out: Optional[str] = typer.Option(None, "--out", help="draw the boxes into this PNG "
+                                                 "(several requests: OUT-0.png, OUT-1.png, ...)"),
+               batch_size: int = typer.Option(16, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
+               as_json: bool = typer.Option(False, "--json")):
+    """Find what a text names in an image: {"image", "text", "boxes": [{"box", "score"}]}."""
+    from polymodal.infer.draw import draw_boxes
+    from polymodal.infer.inputs import request_items
+
+    items = request_items(requests, image, text, "text")
+    m = _load(model, device)
+
+    def run(ims, its):
+        texts = [it["text"] for it in its]
+        found = m.detect(ims, texts, threshold) if threshold is not None else [[g] for g in m.ground(ims, texts)]
+        return [{"boxes": f, "_image": im} for f, im in zip(found, ims)]
+
+    rows = _run_items(items, run, batch_size, text="text")
+    drawn = [r for r in rows if "_image" in r]
+    for k, r in enumerate(drawn):
+        if out:
+            path = Path(out) if len(drawn) == 1 else Path(out).with_name(f"{Path(out).stem}-{k}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_boxes(r["_image"], [b["box"] for b in r["boxes"]], [f"{b['score']:.2f}" for b in r["boxes"]],
+                       scale=max(1, 256 // max(r["_image"].size))).save(path)
+            r["drawn"] = str(path)
+        del r["_image"]
+    _finish(rows, as_json, ["image", "text", "boxes"] + (["drawn"] if out else []))
+
+
 @app.command("retrieve")
 def retrieve_cmd(model: str = typer.Option(..., "--model", "-m"),
                  images: str = typer.Option(..., "--images", help="folder of images (indexed once, reused)"),

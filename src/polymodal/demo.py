@@ -9,6 +9,7 @@ Stages (each skipped when its outputs exist, so a rerun resumes where it stopped
   caption_en  fine-tune it on English captions                polymodal train configs/caption_en.yaml
   caption_zh  fine-tune it on Chinese captions                polymodal train configs/caption_zh.yaml
   vqa         a VQA model on the LM stage's vision tower        polymodal train configs/vqa.yaml
+  ground      train a text-queried detector (boxes)           polymodal train configs/ground.yaml
   eval        test and compositional splits, real metrics     polymodal eval ... --baseline
   report      demo-out/report.html (self-contained)
 
@@ -43,12 +44,13 @@ class Budget:
     eval_limit: int | None   # records per evaluation (None: the whole split)
     dim: int = 128
     batch_size: int = 64
+    ground_steps: int = 150   # the text-queried detector's own training (~60 s at the full budget)
 
 
 BUDGETS = {
-    "full": Budget(n_images=4000, align_steps=200, lm_steps=350, caption_steps=200, vqa_steps=1600, eval_limit=None),
+    "full": Budget(n_images=4000, align_steps=120, lm_steps=350, caption_steps=200, vqa_steps=1450, eval_limit=None),
     "quick": Budget(n_images=600, align_steps=12, lm_steps=12, caption_steps=6, vqa_steps=16, eval_limit=40,
-                    dim=64, batch_size=32),
+                    dim=64, batch_size=32, ground_steps=6),
 }
 
 
@@ -131,6 +133,7 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
                 "data": {"train": data, "val": data, "max_val_samples": 512, "group_by_image": True},
                 "optim": optim(b.vqa_steps, 2e-3),
                 "checkpointing": ckpt("val/vqa_classification/acc", "max")},
+        **_ground_configs(out, b, common, proc),
     }
 
 
@@ -191,6 +194,7 @@ def _stages(out: Path, budget: Budget, mode: str) -> list[Stage]:
         _train_stage(out, "caption_en", configs["caption_en"], "Fine-tune: English captioning"),
         _train_stage(out, "caption_zh", configs["caption_zh"], "Fine-tune: Chinese captioning"),
         _train_stage(out, "vqa", configs["vqa"], "Fine-tune: visual question answering"),
+        _train_stage(out, "ground", configs["ground"], "Train: grounding and text-queried detection"),
     ]
     evals = _evaluations(out, budget)
     stages.append(Stage("eval", "Evaluate on the test and compositional splits", [e["command"] for e in evals],
@@ -213,6 +217,7 @@ def _evaluations(out: Path, b: Budget) -> list[dict]:
                  gen={"num_beams": 3, "max_new_tokens": 48}),
             dict(task="retrieval", model=runs / "align" / "best", split=split, lang="en", gen={}),
         ]
+    items += _ground_evaluations(runs)
     for it in items:
         tag = "caption_" + it["lang"] if it["task"] == "captioning" else it["task"]
         it["out"] = str(m / f"{tag}_{it['split']}.json")
@@ -221,6 +226,33 @@ def _evaluations(out: Path, b: Budget) -> list[dict]:
                          f" --lang {it['lang']}{gen}{limit} --baseline --out {it['out']}")
         it["limit"] = b.eval_limit
     return items
+
+
+def _ground_configs(out: Path, b: Budget, common: dict, proc: dict) -> dict[str, dict]:
+    """The text-queried detector's run config: its own towers (a position-aware grid: CoordConv +
+    (x, y) embeddings, every token naming the object centred on it), referring expressions and
+    detection phrases trained together (configs/shapes/grounding.yaml is the full recipe)."""
+    data, runs = out / "data", out / "runs"
+    towers = _towers(b)
+    files = {s: {"format": "jsonl", "path": [str(data / f"ground_{s}.jsonl"), str(data / f"detect_{s}.jsonl")]}
+             for s in ("train", "val")}
+    return {"ground": {**common, "task": "detection", "output_dir": str(runs / "ground"),
+                       "model": {"spec": {"type": "text_detector", "vision": {**towers["vision"], "coords": True},
+                                          "text": towers["text"], "dim": b.dim, "layers": 2, "heads": 4,
+                                          "object_attributes": _object_attributes(), "attribute_tokens": True},
+                                 "processor": proc},
+                       "objectives": [{"type": "set_matching"}, {"type": "object_attributes"}],
+                       "data": {"train": files["train"], "val": files["val"], "max_val_samples": 256,
+                                "group_by_image": True},
+                       "optim": {"lr": 1e-3, "max_steps": b.ground_steps, "batch_size": b.batch_size,
+                                 "warmup_steps": max(1, b.ground_steps // 20), "weight_decay": 0.01},
+                       "checkpointing": {"every": 0, "keep_last": 1, "best_metric": "val/set_matching/top1",
+                                         "mode": "max"}}}
+
+
+def _ground_evaluations(runs: Path) -> list[dict]:
+    return [dict(task=task, model=runs / "ground" / "best", split=split, lang="en", gen={})
+            for split in ("test", "comp") for task in ("grounding", "detection")]
 
 
 def _run_evals(evals: list[dict]) -> None:

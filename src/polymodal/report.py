@@ -24,6 +24,11 @@ HEADLINES = {
                   ("t2i_r5", "text→image R@5", True), ("r_mean", "mean recall", True),
                   # what an ideal model scores: many captions fit several images (docs/evaluation.md)
                   ("ceiling_i2t_r1", "image→text R@1 ceiling", True), ("ceiling_t2i_r1", "text→image R@1 ceiling", True)],
+    "grounding": [("accuracy@0.5", "referring accuracy@0.5", True), ("largest_object/accuracy@0.5",
+                                                                      "largest-object baseline accuracy@0.5", True),
+                  ("random_object/accuracy@0.5", "random-object baseline accuracy@0.5", True)],
+    "detection": [("AP@0.5", "detection AP@0.5 (COCOeval)", True), ("AP@[.5:.95]", "detection AP@[.5:.95]", True),
+                  ("fp_per_image@0.5[empty]", "boxes per query matching nothing (score ≥ 0.5)", False)],
 }
 
 CSS = """
@@ -108,6 +113,39 @@ def _gallery(out: Path, n: int = 8) -> str:
     return "<div class='gallery'>" + "".join(cards) + "</div>"
 
 
+def _boxes_section(out: Path, n: int = 6) -> str:
+    """Drawn boxes on test images: the text detector's box for a referring expression, and its
+    boxes (score >= 0.5) for a detection phrase, beside the truth."""
+    import polymodal
+    from polymodal.data import open_dataset
+    from polymodal.infer.draw import draw_boxes
+
+    ckpt = out / "runs" / "ground" / "best"
+    if not ckpt.is_dir():
+        return ""
+    model = polymodal.load(ckpt)
+    refs = list(open_dataset(f"shapes:{out / 'data'}:ground", "test"))
+    phrases = [p for p in open_dataset(f"shapes:{out / 'data'}:detect", "test") if p["boxes"]]
+    refs = list({r["image_id"]: r for r in refs}.values())[:n]               # one per image
+    by_image = {p["image_id"]: p for p in phrases}
+    pairs = [(r, by_image[r["image_id"]]) for r in refs if r["image_id"] in by_image]
+    grounded = model.ground([r["image"] for r, _ in pairs], [r["ref"] for r, _ in pairs])
+    found = model.detect([p["image"] for _, p in pairs], [p["text"] for _, p in pairs], threshold=0.5)
+    cards = []
+    for (r, p), g, f in zip(pairs, grounded, found):
+        left = draw_boxes(r["image"], [g["box"]], [f"{g['score']:.2f}"], scale=4)
+        right = draw_boxes(p["image"], [b["box"] for b in f], [f"{b['score']:.2f}" for b in f], scale=4)
+        cards.append(f"<div class='card'><img src='{_png(left, 1)}' alt='grounding {html.escape(r['id'])}'>"
+                     f"<p><b>{html.escape(r['ref'])}</b><br><span class='muted'>truth box {r['box']}, "
+                     f"found {[round(v) for v in g['box']]}</span></p>"
+                     f"<img src='{_png(right, 1)}' alt='detection {html.escape(p['id'])}'>"
+                     f"<p><b>{html.escape(p['text'])}</b>: {len(f)} box(es) at score ≥ 0.5"
+                     f"<br><span class='muted'>truth: {len(p['boxes'])} object(s)</span></p></div>")
+    return ("<h2>Grounding and detection</h2><p class='muted'>The text-queried detector on test images: the best "
+            "box for a referring expression (top), every box scoring at least 0.5 for a phrase (bottom).</p>"
+            "<div class='gallery'>" + "".join(cards) + "</div>")
+
+
 def write_report(out: Path, stages, timings: dict, mode: str) -> Path:
     """Write out/report.html and return its path."""
     import torch
@@ -150,6 +188,7 @@ colour–shape pairs never seen in training.</p>
 <h2>Metrics</h2>{''.join(table)}
 <h2>Test images</h2><p class="muted">Generated captions (beam 3) and answers next to the truth.</p>{_gallery(out)}
 {_heat_maps(out)}
+{_boxes_section(out)}
 <h2>Training curves</h2><div class="curves">{''.join(curves)}</div>
 <h2>Time per stage</h2><table><tr><th>stage</th><th>time</th></tr>{times}</table>
 <h2>Reproduce by hand</h2><p>Each stage is one command (configs in <code>{html.escape(str(out / 'configs'))}</code>):</p>

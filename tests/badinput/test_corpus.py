@@ -87,7 +87,7 @@ def corpus(tmp_path_factory) -> dict:
     world = root / "world"
     shapes.generate(world, splits={"train": 24, "val": 8}, seed=0, size=32, workers=1)
     paths = {"root": str(root), "world": str(world)}
-    for name in ("vqa-tiny", "clip-tiny", "captioner-tiny", "translator-tiny"):
+    for name in ("vqa-tiny", "clip-tiny", "captioner-tiny", "translator-tiny", "grounder-tiny"):
         torch.manual_seed(0)
         recipe = get_recipe(name)
         paths[name.split("-")[0]] = str(save_checkpoint(root / "models" / name, polymodal.create_model(name),
@@ -190,6 +190,14 @@ CASES = [
     Case("translate-requests", ["translate", "--model", "{translator}", "--requests", "{translate_req}", "--json",
                                 "--max-tokens", "3"], 1,
          rows=[r.replace("question", "text") for r in REQUEST_ROWS]),
+    Case("ground-requests", ["ground", "--model", "{grounder}", "--requests", "{translate_req}", "--json",
+                             "--batch-size", "4"], 1, rows=[r.replace("question", "text") for r in REQUEST_ROWS]),
+    Case("ground-empty-text", ["ground", "--model", "{grounder}", "--image", "{good0}", "--text", " ", "--json"], 1,
+         rows=["text is empty"]),
+    Case("ground-bad-threshold", ["ground", "--model", "{grounder}", "--image", "{good0}", "--text", "circles",
+                                  "--threshold", "2"], 2, says=["threshold"]),
+    Case("ground-with-a-vqa-model", ["ground", "--model", "{vqa}", "--image", "{good0}", "--text", "circles", "--json"],
+         1, rows=["cannot ground"]),
     Case("ask-empty-question", ["ask", "--model", "{vqa}", "--image", "{good0}", "--question", " ", "--json"], 1,
          rows=["question is empty"]),
     Case("ask-surrogate-argument", ["ask", "--model", "{vqa}", "--image", "{good0}", "--question", "a\udcff", "--json"],

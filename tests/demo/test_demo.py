@@ -21,7 +21,8 @@ def test_quick_demo_writes_a_report_matching_the_metrics(tmp_path):
     from polymodal.report import metrics_rows
 
     rows = metrics_rows(out)
-    assert {r["task"] for r in rows} == {"vqa", "captioning", "captioning (Chinese)", "retrieval"}
+    assert {r["task"] for r in rows} == {"vqa", "captioning", "captioning (Chinese)", "retrieval", "grounding", "detection"}
+    assert "<h2>Grounding and detection</h2>" in page
     for r in rows:  # every number in the table is the JSON's, as printed
         value = "–" if r["value"] is None else f"{r['value']:.3f}"
         assert re.search(rf"<td>{re.escape(r['metric'])}</td><td class='num[^']*'>{re.escape(value)}</td>", page)

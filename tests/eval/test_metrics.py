@@ -370,6 +370,8 @@ EXAMPLES = {
     "classification": ({}, dict(references=[0, 1], scores=[[0.2, 0.8], [0.9, 0.1]])),
     "translation": ({"target_lang": "de"}, dict(predictions=["ein Hund"], references=[["ein Hund"]])),
     "grounding": ({"iou_threshold": 0.7}, dict(predictions=[[0, 0, 1, 1]], references=[[0, 0, 1, 1]])),
+    "detection": ({"threshold": 0.3}, dict(predictions={"q": [{"box": [0, 0, 4, 4], "score": 0.9}], "e": []},
+                                           references={"q": [[0, 0, 4, 4]], "e": []})),
     "chair": ({"object_vocab": OBJECTS}, dict(captions=["a cube"], objects=[["cube"]])),
     "shapes_chair": ({}, dict(captions={"a": "A small red circle and a blue square."},
                               scenes={"a": {"objects": [{"shape": "circle", "color": "red", "size": "small"}]}})),

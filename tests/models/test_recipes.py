@@ -9,6 +9,7 @@ import torch
 import polymodal
 from polymodal.checkpoint import load_checkpoint, save_checkpoint
 from polymodal.models.base import Features
+from polymodal.models.detector import TextDetector
 from polymodal.models.families import DualEncoder, EncoderDecoder, FusionEncoder
 from polymodal.models.recipes import get_recipe
 from polymodal.processing import Processor
@@ -39,6 +40,9 @@ def _outputs(model, px, tok):
     if isinstance(model, EncoderDecoder):
         kw = dict(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]) if model.text else {}
         return [model(px, tok["input_ids"], tok["attention_mask"], **kw).logits]
+    if isinstance(model, TextDetector):
+        o = model(px, **tok)
+        return [o.logits, o.boxes]
     raise AssertionError(type(model))
 
 

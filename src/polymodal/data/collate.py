@@ -330,6 +330,49 @@ class GroundingCollator(Collator):
         return {**self._tokens([x["ref"] for x in items]), "boxes": boxes, "image_sizes": sizes.long()}
 
 
+def query_text(item: dict) -> str:
+    """The text of a grounding / detection record: its referring expression or its phrase."""
+    text = item.get("ref") if item.get("ref") is not None else item.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"record {item.get('id', '?')}: no text to look for (a `ref` or a `text`)")
+    return text
+
+
+def target_boxes(item: dict) -> list:
+    """The pixel boxes a grounding / detection record names: `[box]` of a referring expression,
+    or `boxes` of a phrase (empty: nothing matches)."""
+    if item.get("box") is not None:
+        return [item["box"]]
+    if isinstance(item.get("boxes"), list):
+        return item["boxes"]
+    raise DataError(f"record {item.get('id', '?')}: no `box` or `boxes` to learn")
+
+
+class DetectionCollator(Collator):
+    """Referring expressions (`ref` + `box`) and text-queried detection (`text` + `boxes`), alike:
+    a text and every box it names, possibly none.
+
+    Batch: pixel_values (one row per image, `image_index` (B,) when records share images),
+    input_ids / attention_mask of the texts, target_boxes: per record a (T, 4) tensor of
+    (x0, y0, x1, y1) fractions of the image's width and height (T = 0: nothing matches), and
+    phrase_kinds; `objects` when the records list every object of their image (the
+    `object_attributes` objective, see `object_annotations`).
+    """
+
+    task = "detect"
+    share_images = True
+
+    def collate(self, items):
+        targets = []
+        for x in items:
+            w, h = _image_size(x["image"])
+            boxes = torch.tensor([[float(v) for v in b] for b in target_boxes(x)], dtype=torch.float32).view(-1, 4)
+            targets.append((boxes / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp(0.0, 1.0))
+        return {**self._tokens([query_text(x) for x in items]), "target_boxes": targets,
+                "phrase_kinds": [x.get("phrase_kind", "ref" if x.get("ref") is not None else None) for x in items],
+                **object_annotations(items)}
+
+
 #: collator name -> collator class (a task names the one it uses per model family: polymodal.tasks)
 COLLATORS: dict[str, type[Collator]] = {
     "pretrain": PairCollator,
@@ -340,6 +383,7 @@ COLLATORS: dict[str, type[Collator]] = {
     "classify": ClassifyCollator,
     "translate": TranslationCollator,
     "ground": GroundingCollator,
+    "detect": DetectionCollator,
 }
 
 
@@ -374,5 +418,5 @@ def label_vocab(records) -> Vocab:
 
 
 __all__ = ["Collator", "PairCollator", "CaptionCollator", "VqaCollator", "VqaGenerateCollator", "ClassifyCollator",
-           "TranslationCollator", "GroundingCollator", "COLLATORS", "make_collator", "answer_vocab", "label_vocab",
+           "TranslationCollator", "GroundingCollator", "DetectionCollator", "COLLATORS", "make_collator", "answer_vocab", "label_vocab",
            "pick_caption", "majority_answer", "IGNORE_INDEX"]

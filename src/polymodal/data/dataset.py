@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from polymodal.data.fields import task_problems
+from polymodal.data.fields import boxes_outside, task_problems
 from polymodal.data.formats import Entry, Reader, open_dataset
 from polymodal.data.images import MAX_PIXELS, load_image
 from polymodal.errors import DataError
@@ -169,6 +169,9 @@ class _Decoding:
         if self.decode and item.get("image") is not None:
             item["image_path"] = item["image"] if isinstance(item["image"], str) else e.where
             item["image"] = checked_image(item["image"], e, self.max_pixels)
+            outside = boxes_outside(item, item["image"].size)
+            if outside:
+                raise BadRecord("box outside image", f"{_place(e)}: " + "; ".join(outside))
         item["_seed"] = item_seed(self.seed, self.epoch, index)
         return item
 

@@ -29,11 +29,17 @@ FIELDS: dict[str, str] = {
     "target": "str, its translation",
     "ref": "str, a referring expression naming one object",
     "box": "[x0, y0, x1, y1], that object's box in pixels of the image",
+    "boxes": "list of [x0, y0, x1, y1], every box (pixels) the record's `text` names (text-queried detection; "
+             "[] when nothing matches)",
+    "phrase_kind": "str, what a detection phrase names (shapes world: color, shape, color_shape, size_shape, none)",
     "scene": "dict, the shapes-world scene record (objects with shape, color, size, box, center)",
     "objects": "list[dict], every object of the image: {box: [x0, y0, x1, y1] pixels, attribute: value, ...}",
     "question_objects": "list[list[box]], per object phrase of the question (in order), the boxes it names",
     "split": "str, the split the record belongs to",
 }
+
+#: List fields whose empty value is a value (a detection phrase that matches nothing).
+EMPTY_OK = ("boxes",)
 
 #: Text fields that must be non-empty strings when present.
 TEXT_FIELDS = ("caption", "question", "text", "source", "target", "ref", "answer")
@@ -65,7 +71,8 @@ def missing_fields(rec: dict[str, Any], fields: tuple) -> list[str]:
     out = []
     for need in fields:
         names = need if isinstance(need, tuple) else (need,)
-        if not any(rec.get(n) not in (None, "", []) for n in names):
+        # an empty `boxes` list is an answer ("nothing matches"), not a missing one
+        if not any(rec.get(n) not in (None, "", []) or (n in EMPTY_OK and rec.get(n) == []) for n in names):
             out.append(" or ".join(names))
     return out
 
@@ -115,12 +122,32 @@ def _problems(rec: dict[str, Any], task) -> list[tuple[str | None, str, str]]:
         if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, str) and not v.strip()):
             problems.append(("label", "bad field", f"label should be a class name or number, got {v!r}"))
     if "box" in rec:
-        b = rec["box"]
-        if (not isinstance(b, (list, tuple)) or len(b) != 4
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)):
-            problems.append(("box", "bad field", f"box should be [x0, y0, x1, y1] numbers, got {b!r}"))
-        elif not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]):
-            problems.append(("box", "bad field", f"box {list(b)} is not x0 < x1, y0 < y1 with non-negative corners"))
+        problems += [("box", "bad field", m) for m in _box_problem(rec["box"], "box")]
+    if "boxes" in rec:
+        v = rec["boxes"]
+        if not isinstance(v, list):
+            problems.append(("boxes", "bad field", f"boxes should be a list of [x0, y0, x1, y1], got {v!r}"))
+        else:
+            problems += [("boxes", "bad field", m) for i, b in enumerate(v) for m in _box_problem(b, f"boxes[{i}]")]
     if "image" in rec and not isinstance(rec["image"], (str, bytes, bytearray)) and not hasattr(rec["image"], "size"):
         problems.append(("image", "bad field", f"image should be a path, got {type(rec['image']).__name__}"))
     return problems
+
+
+def _box_problem(b, name: str) -> list[str]:
+    if (not isinstance(b, (list, tuple)) or len(b) != 4
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)):
+        return [f"{name} should be [x0, y0, x1, y1] numbers, got {b!r}"]
+    if not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]):
+        return [f"{name} {list(b)} is not x0 < x1, y0 < y1 with non-negative corners"]
+    return []
+
+
+def boxes_outside(rec: dict[str, Any], size: tuple[int, int]) -> list[str]:
+    """The record's boxes (`box`, `boxes`) that reach beyond its width x height image (half a
+    pixel of slack: boxes are [x0, x1) pixel ranges)."""
+    boxes = ([("box", rec["box"])] if isinstance(rec.get("box"), (list, tuple)) else []) + \
+        [(f"boxes[{i}]", b) for i, b in enumerate(rec.get("boxes") or []) if isinstance(b, (list, tuple))]
+    w, h = size
+    return [f"{name} {list(b)} lies outside the {w}x{h} image" for name, b in boxes
+            if len(b) == 4 and all(isinstance(x, (int, float)) for x in b) and (b[2] > w + 0.5 or b[3] > h + 0.5)]

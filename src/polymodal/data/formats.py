@@ -152,13 +152,20 @@ class JsonlReader(Reader):
 
     Args:
         path: a .jsonl file, a glob (`data/*.jsonl`), a folder holding `{split}.jsonl`, or a
-            path with a `{split}` placeholder.
+            path with a `{split}` placeholder; or a list of these, read one after the other
+            (records of several kinds in one run: referring expressions and detection phrases).
         split: which split (for folders and placeholders).
         images: folder that relative image paths start from (default: the manifest's folder).
     """
 
-    def __init__(self, path: str, split: str | None = None, images: str | None = None):
+    def __init__(self, path: str | list, split: str | None = None, images: str | None = None):
         super().__init__()
+        if isinstance(path, (list, tuple)):
+            if not path:
+                raise ConfigError("jsonl: path is an empty list; give one or more .jsonl files")
+            self.files = [f for p in path for f in JsonlReader(p, split).files]
+            self.images = Path(images) if images else None
+            return
         p = _with_split(str(path), split, "jsonl")
         if Path(p).is_dir():
             if not split:
@@ -297,6 +304,59 @@ def write_karpathy(path: str | os.PathLike, records_by_split: dict[str, list[dic
                            "split": split, "sentids": [s["sentid"] for s in sents], "sentences": sents})
     Path(path).write_text(json.dumps({"dataset": dataset, "images": images}, separators=(",", ":"),
                                      ensure_ascii=False))
+
+
+@DATASETS.register("coco_instances")
+class CocoInstancesReader(Reader):
+    """COCO instance annotations (`instances_val2017.json`: `images`, `annotations` with `bbox`
+    [x, y, width, height] and `category_id`, `categories` with `name`) as text-queried detection
+    records: one per image and category, the category's name as the phrase (`text`), every box
+    of that category in the image as `boxes` [x0, y0, x1, y1] (crowd regions left out).
+
+    Args:
+        path: the JSON file (a `{split}` placeholder takes the split).
+        split: fills the placeholder.
+        images: folder that `file_name` starts from (default: the JSON's folder).
+        absent: "all": also a record for every category absent from an image (`boxes` empty,
+            `phrase_kind` "none"), as COCO's evaluation asks every category of every image;
+            "none": the categories present only.
+    """
+
+    def __init__(self, path: str, split: str | None = None, images: str | None = None, absent: str = "all"):
+        super().__init__()
+        if absent not in ("all", "none"):
+            raise ConfigError(f"coco_instances: absent must be all or none, got {absent!r}")
+        self.path = Path(_with_split(str(path), split, "coco_instances"))
+        self.root = Path(images) if images else self.path.parent
+        self.absent = absent
+
+    def _raw(self) -> list[Entry]:
+        doc = _read_json(self.path)
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations",
+                                                                                      "categories")):
+            raise DataError(f"{self.path}: not a COCO instances file (needs 'images', 'annotations' and "
+                            "'categories' lists)")
+        names = {c.get("id"): c.get("name") for c in doc["categories"]}
+        boxes: dict[Any, dict[Any, list]] = defaultdict(lambda: defaultdict(list))
+        for a in doc["annotations"]:
+            bbox = a.get("bbox")
+            if a.get("iscrowd") or not (isinstance(bbox, list) and len(bbox) == 4):
+                continue
+            x, y, w, h = bbox
+            boxes[a.get("image_id")][a.get("category_id")].append([x, y, x + w, y + h])
+        out = []
+        for k, im in enumerate(doc["images"]):
+            iid = im.get("id")
+            cats = list(names) if self.absent == "all" else list(boxes[iid])
+            for cid in cats:
+                found = boxes[iid].get(cid, [])
+                rec = {"id": f"{iid}_c{cid}", "image_id": str(iid), "image": im.get("file_name"),
+                       "text": names.get(cid), "boxes": found, "phrase_kind": "category" if found else "none"}
+                out.append(Entry(f"{self.path}:images[{k}]", rec))
+        return out
+
+    def describe(self) -> str:
+        return f"coco_instances {self.path}"
 
 
 @DATASETS.register("vqa")
@@ -649,7 +709,7 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
         return _yaml_spec(Path(s).read_text(), s)
     fmt, sep, rest = s.partition(":")
     if sep and fmt in DATASETS:
-        if fmt in ("coco", "hf"):
+        if fmt in ("coco", "hf", "coco_instances"):
             path, split = _split_tail(rest, 1)
             return {"format": fmt, "path": path, **({"split": split[0]} if split else {})}
         if fmt == "shapes":
@@ -753,6 +813,6 @@ def record_to_json(rec: dict) -> dict:
             and not k.startswith("_")}
 
 
-__all__ = ["Entry", "Reader", "JsonlReader", "CocoReader", "VqaReader", "FolderReader", "ShapesReader",
+__all__ = ["Entry", "Reader", "JsonlReader", "CocoReader", "CocoInstancesReader", "VqaReader", "FolderReader", "ShapesReader",
            "HfReader", "WdsReader", "parse_spec", "guess_format", "open_dataset", "record_to_json",
            "IMAGE_EXTENSIONS", "write_jsonl", "write_coco_captions", "write_karpathy", "write_vqa", "write_class_tree"]

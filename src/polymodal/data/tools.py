@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from polymodal.data.fields import TEXT_FIELDS, check_record
+from polymodal.data.fields import TEXT_FIELDS, boxes_outside, check_record
 from polymodal.data.formats import Entry, open_dataset, record_to_json
 from polymodal.data.images import MAX_PIXELS, load_image
 from polymodal.errors import ConfigError, DataError
@@ -59,7 +59,7 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
                 ids[rid] = e.where
             img = e.record.get("image")
             if isinstance(img, (str, bytes, bytearray)) or hasattr(img, "size"):
-                found += _check_image(img, seen, decode, max_pixels, e.record.get("box"))
+                found += _check_image(img, seen, decode, max_pixels, e.record)
         if found:
             for kind, _ in found:
                 kinds[kind] += 1
@@ -71,7 +71,7 @@ def validate(spec, split: str | None = None, task=None, decode: bool = True,
             "first": first, "images": len(seen)}
 
 
-def _check_image(img, seen: dict, decode: bool, max_pixels: int, box) -> list[tuple[str, str]]:
+def _check_image(img, seen: dict, decode: bool, max_pixels: int, record: dict) -> list[tuple[str, str]]:
     key = img if isinstance(img, str) else None
     if key is not None and key in seen:
         result = seen[key]
@@ -92,9 +92,8 @@ def _check_image(img, seen: dict, decode: bool, max_pixels: int, box) -> list[tu
             seen[f"<bytes {len(seen)}>"] = result
     problem, size = result
     out = [problem] if problem else []
-    if size and isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(x, (int, float)) for x in box):
-        if box[2] > size[0] + 0.5 or box[3] > size[1] + 0.5:
-            out.append(("bad field", f"box {list(box)} lies outside the {size[0]}x{size[1]} image"))
+    if size:
+        out += [("bad field", message) for message in boxes_outside(record, size)]
     return out
 
 

@@ -20,6 +20,8 @@ or use a `with` block when done: the caption metric holds a Java process for MET
 | classification | references, predictions and/or scores                    | accuracy, macro_f1, [auroc], n                     |
 | translation    | predictions, references (one or several per sentence)    | bleu, chrf, n                                      |
 | grounding      | predictions (n, 4) boxes, references (n, 4) boxes        | accuracy@0.5, mean_iou, n                          |
+| detection      | predictions {id: [{box, score}]}, references {id: [boxes]}, | AP@0.5, AP@[.5:.95] (COCOeval), per phrase kind, |
+|                | [kinds {id: phrase kind}]                                | fp_per_image@0.5[empty], n, n_empty                |
 | chair          | captions, objects [, attributes] per caption             | chair_i, chair_s, chair_i_object,                  |
 |                |                                                          | [chair_i_attribute], object_recall, n, n_mentions  |
 | shapes_chair   | captions {id: caption}, scenes {id: scene}               | chair_i, chair_s, object_recall, count_accuracy, … |
@@ -35,6 +37,7 @@ from __future__ import annotations
 from polymodal.eval._common import Metric
 from polymodal.eval.captioning import CaptionMetrics, caption_metrics, ptb_tokenize
 from polymodal.eval.classification import ClassificationMetrics, binary_auroc, classification_metrics
+from polymodal.eval.detection import DetectionMetrics, detection_metrics
 from polymodal.eval.grounding import GroundingMetrics, box_iou, grounding_metrics
 from polymodal.eval.hallucination import ChairMetrics, ConceptLexicon, chair_metrics
 from polymodal.eval.shapes_metrics import ShapesChair, ShapesRetrievalCeiling, caption_true, retrieval_ceiling
@@ -50,7 +53,7 @@ __all__ = [
     "RetrievalMetrics", "retrieval_metrics", "retrieval_ranks", "ideal_recalls",
     "ClassificationMetrics", "classification_metrics", "binary_auroc",
     "TranslationMetrics", "translation_metrics",
-    "GroundingMetrics", "grounding_metrics", "box_iou",
+    "GroundingMetrics", "grounding_metrics", "box_iou", "DetectionMetrics", "detection_metrics",
     "ChairMetrics", "chair_metrics", "ConceptLexicon", "ShapesChair",
     "ShapesRetrievalCeiling", "retrieval_ceiling", "caption_true",
 ]

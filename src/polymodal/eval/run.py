@@ -20,6 +20,7 @@ integers, as the official tools want; anything else: JSON Lines).
 | classification | `id`, `label`                          |
 | translation    | `id`, `translation`                    |
 | grounding      | `id`, `box` [x0, y0, x1, y1]           |
+| detection      | `id`, `boxes` [{"box", "score"}, …]    |
 """
 from __future__ import annotations
 
@@ -44,19 +45,25 @@ def _records(data, task: Task, split: str | None, limit: int | None, check_image
     records share it; the model reads it again later, a batch at a time."""
     from polymodal.data import open_dataset
     from polymodal.data.dataset import BadRecord, Skips, checked_image, checked_record
+    from polymodal.data.fields import boxes_outside
 
     reader = open_dataset(data, split, shapes_file=task.shapes_file)  # a shapes dir: the task's file
-    recs, skips, readable = [], Skips(), set()
+    recs, skips, readable = [], Skips(), {}                      # readable: image path -> (width, height)
     for e in reader.entries():
         if limit and len(recs) >= limit:
             break
         try:
             rec = checked_record(e, task)
             image = rec.get("image")
-            if check_images and image is not None and not (isinstance(image, str) and image in readable):
-                checked_image(image, e)
-                if isinstance(image, str):
-                    readable.add(image)
+            if check_images and image is not None:
+                size = readable.get(image) if isinstance(image, str) else None
+                if size is None:
+                    size = checked_image(image, e).size
+                    if isinstance(image, str):
+                        readable[image] = size
+                outside = boxes_outside(rec, size)
+                if outside:
+                    raise BadRecord("box outside image", f"{e.where}: " + "; ".join(outside))
             recs.append(rec)
         except BadRecord as exc:
             skips.add(exc.kind, str(exc))

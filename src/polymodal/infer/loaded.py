@@ -149,6 +149,12 @@ class LoadedModel:
     def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
         self._unsupported("translate")
 
+    def ground(self, images: Sequence[Any], texts: Sequence[str]) -> list[dict]:
+        self._unsupported("ground referring expressions")
+
+    def detect(self, images: Sequence[Any], texts: Sequence[str], threshold: float = 0.5) -> list[list[dict]]:
+        self._unsupported("detect what a text names")
+
     def explain(self, images: Sequence[Any], texts: Sequence[str] | None = None, method: str | None = None,
                 **kwargs):
         """Heat maps of what the model looked at: one `polymodal.explain.Explanation` per image

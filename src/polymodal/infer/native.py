@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from polymodal.errors import ConfigError
 from polymodal.infer.inputs import as_image_list, check_labels, check_texts, chunks
 from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
                                     LoadedModel)
@@ -150,6 +151,50 @@ class NativeModel(LoadedModel):
             raise ValueError(f"got {len(images)} images but {len(texts)} sentences; give one sentence per image")
         check_texts(texts, "sentence")
         return self._generate(images, list(texts), **generation)
+
+    # ------------------------------------------------------------------ grounding / detection
+    @torch.no_grad()
+    def token_boxes(self, images: Sequence[Any], texts: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per (image, text) pair of a text detector: every image token's match probability (N,)
+        and box (N, 4) as (x0, y0, x1, y1) pixels of that image, best-scoring first."""
+        from polymodal.infer.inputs import read_image
+        from polymodal.models.boxes import to_pixels
+
+        images = [read_image(im, i) for i, im in enumerate(as_image_list(images))]
+        texts = check_texts(texts)
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
+        out = []
+        for idx in chunks(range(len(images)), self.batch_size):
+            with self._autocast():
+                o = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
+            probs, boxes = o.logits.float().sigmoid().cpu(), o.boxes.float().cpu()  # (b, N), (b, N, 4)
+            for j, i in enumerate(idx):
+                order = probs[j].argsort(descending=True)
+                w, h = images[i].size
+                out.append((probs[j, order], to_pixels(boxes[j, order], w, h)))
+        return out
+
+    def ground(self, images: Sequence[Any], texts: Sequence[str]) -> list[dict]:
+        """The object each text names (a referring expression): one {"box": [x0, y0, x1, y1]
+        pixels, "score": confidence} per (image, text) pair."""
+        if "ground" not in self.tasks:
+            self._unsupported("ground referring expressions")
+        return [{"box": _rounded(boxes[0]), "score": float(probs[0])} for probs, boxes in self.token_boxes(images, texts)]
+
+    def detect(self, images: Sequence[Any], texts: Sequence[str], threshold: float = 0.5) -> list[list[dict]]:
+        """Every object each text names: per (image, text) pair the [{"box", "score"}] scoring at
+        least `threshold`, best first; an empty list when nothing matches."""
+        if "detect" not in self.tasks:
+            self._unsupported("detect what a text names")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ConfigError(f"threshold {threshold!r}: give a probability between 0 and 1")
+        return [[{"box": _rounded(b), "score": float(p)} for p, b in zip(probs, boxes) if p >= threshold]
+                for probs, boxes in self.token_boxes(images, texts)]
+
+
+def _rounded(box) -> list[float]:
+    return [round(float(v), 2) for v in box]
 
 
 def _kind(task: str) -> str:

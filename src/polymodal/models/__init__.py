@@ -1,5 +1,6 @@
 """Model parts and families. Importing this package registers every built-in part."""
 from polymodal.models import decoder, efficientnet, families, fusion, heads, text, vision  # noqa: F401  (registration)
+from polymodal.models import detector  # noqa: F401  (registration)
 from polymodal.models.base import Component, Features, build  # noqa: F401
 from polymodal.registry import MODELS
 

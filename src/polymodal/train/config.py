@@ -113,7 +113,9 @@ class DataConfig:
     """Dataset specs, each handed to `polymodal.data.open_dataset(spec, split)`.
 
     Args:
-        train, val: dataset specs (a path, or `format:path`); val may be None (no validation).
+        train, val: dataset specs (a path, `format:path`, or a mapping with `format`, `path` and the
+            reader's options, e.g. `{format: jsonl, path: [a.jsonl, b.jsonl]}`); val may be None
+            (no validation).
         train_split, val_split: the split names to open.
         num_workers: DataLoader worker processes (image decoding happens in the collator).
         max_val_samples: validate on at most this many validation records.
@@ -124,8 +126,8 @@ class DataConfig:
             For collators that share images (VQA); ignored by the others.
     """
 
-    train: str | None = None
-    val: str | None = None
+    train: str | dict | None = None
+    val: str | dict | None = None
     train_split: str = "train"
     val_split: str = "val"
     num_workers: int = bounded(0, ge=0)

@@ -458,3 +458,105 @@ class ObjectAttributes(Objective):
         acc = torch.as_tensor(correct / total if total else 0.0)
         return loss, {"loss": loss.detach(), "acc": acc.detach() if torch.is_tensor(acc) else acc}
 
+
+
+# ------------------------------------------------------------- boxes: set matching (DETR)
+def hungarian_match(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-to-one assignment of predictions to targets of least total cost.
+
+    Args:
+        cost: (N, T) cost of giving target t to prediction n (N >= T in detection: every target
+            gets a prediction, the other predictions get none).
+    Returns:
+        (prediction indices (K,), target indices (K,)), K = min(N, T), in target order.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if cost.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    rows, cols = linear_sum_assignment(cost.detach().float().cpu().numpy())
+    order = cols.argsort()
+    return torch.as_tensor(rows[order], dtype=torch.long), torch.as_tensor(cols[order], dtype=torch.long)
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al., 2017), summed: easy negatives (most tokens) weigh little."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    weight = (alpha * target + (1 - alpha) * (1 - target)) * (1 - p_t) ** gamma
+    return (weight * ce).sum()
+
+
+@OBJECTIVES.register("set_matching")
+class SetMatching(Objective):
+    """DETR's set loss (Carion et al., 2020) on a text-queried detector's per-token boxes.
+
+    For each (image, text) pair, Hungarian matching assigns every target box of the text to one
+    image token, at the least cost `match * -p(match) + l1 * |box - target|_1 + giou * -GIoU`
+    (`batch["target_boxes"]`: per pair (T, 4) xyxy fractions of the image; T = 0 when nothing
+    matches). Matched tokens learn "match" (sigmoid focal loss) and their box (L1 + 1 - GIoU);
+    every other token learns "no match". Each term is divided by the number of target boxes in
+    the batch, as in DETR. A referring expression is the one-box case.
+
+    Args:
+        match, l1, giou: weights of the three terms, in the cost and in the loss (Deformable
+            DETR's 2 / 5 / 2).
+    Logged: loss, match, l1, giou, top1 (share of pairs with a target whose best-scoring token's
+    box overlaps a target at IoU >= 0.5: grounding accuracy), empty_fp (tokens scoring above 0.5
+    per pair where nothing matches).
+    """
+
+    requires = ("pixel_values", "input_ids", "attention_mask", "target_boxes")
+
+    def __init__(self, match: float = 2.0, l1: float = 5.0, giou: float = 2.0):
+        self.w_match, self.w_l1, self.w_giou = match, l1, giou
+
+    def check(self, model):
+        _need(hasattr(model, "box") and hasattr(model, "match"),
+              "objective set_matching needs a model that predicts boxes per image token (a text_detector)")
+
+    def __call__(self, model, batch):
+        from polymodal.models.boxes import batched_giou, elementwise_giou, elementwise_iou
+
+        out = _forward(model, batch)
+        logits, boxes = out.logits.float(), out.boxes.float()             # (B, N), (B, N, 4)
+        targets = [t.to(boxes.device, torch.float32) for t in batch["target_boxes"]]
+        counts = [len(t) for t in targets]
+        b, n, t_max = logits.shape[0], logits.shape[1], max(counts + [1])
+        padded = boxes.new_zeros(b, t_max, 4)                              # (B, T, 4) targets, zero-padded
+        for i, t in enumerate(targets):
+            padded[i, :len(t)] = t
+        with torch.no_grad():                                              # every pair's cost in one go
+            cost = (-self.w_match * logits.sigmoid()[:, :, None] + self.w_l1 * torch.cdist(boxes, padded, p=1)
+                    - self.w_giou * batched_giou(boxes, padded)).cpu()     # (B, N, T)
+        rows, cols, which = [], [], []
+        for i, k in enumerate(counts):
+            if k:
+                r, c = hungarian_match(cost[i, :, :k])
+                rows.append(r), cols.append(c), which.append(torch.full_like(r, i))
+        goal = torch.zeros_like(logits)                                    # (B, N) 1 on matched tokens
+        n_boxes = max(1, sum(counts))
+        if rows:
+            rows, cols, which = (torch.cat(x).to(boxes.device) for x in (rows, cols, which))
+            goal[which, rows] = 1.0
+            matched, wanted = boxes[which, rows], padded[which, cols]      # (K, 4) each
+            l1 = (matched - wanted).abs().sum() / n_boxes
+            giou = (1 - elementwise_giou(matched, wanted)).sum() / n_boxes
+        else:
+            l1 = giou = logits.sum() * 0
+        match = sigmoid_focal_loss(logits, goal) / n_boxes
+        loss = self.w_match * match + self.w_l1 * l1 + self.w_giou * giou
+        with torch.no_grad():
+            has = torch.tensor(counts, device=logits.device) > 0           # (B,)
+            best = boxes[torch.arange(b, device=boxes.device), logits.argmax(-1)]                 # (B, 4)
+            iou_best = elementwise_iou(best[:, None], padded)              # (B, T)
+            valid = torch.arange(t_max, device=logits.device)[None] < torch.tensor(counts, device=logits.device)[:, None]
+            hit = ((iou_best >= 0.5) & valid).any(-1)
+            top1 = hit[has].float().mean() if has.any() else logits.new_zeros(())
+            empty_fp = (logits[~has] > 0).float().sum(-1).mean() if (~has).any() else logits.new_zeros(())
+        # (top1 and empty_fp are logged in every batch, 0 when it has no such pair: validation averages per key)
+        return loss, {"loss": loss.detach(), "match": match.detach(), "l1": l1.detach(), "giou": giou.detach(),
+                      "top1": top1, "empty_fp": empty_fp}

@@ -21,7 +21,7 @@ from PIL import Image
 from polymodal.data.formats import write_class_tree, write_coco_captions, write_jsonl, write_karpathy, write_vqa
 from polymodal.data.shapes.render import render
 from polymodal.data.shapes.world import (ANSWERS, COLORS, COMPOSITIONAL_SPLIT, HELD_OUT, SHAPES, SIZES, describe,
-                                         sample_scene)
+                                         detection_phrases, sample_scene)
 from polymodal.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ def make_example(index: int, seed: int, size: int = 64, split: str = "train", no
     rnd = random.Random(f"shapes:{seed}:{index}")
     scene = sample_scene(rnd, size, split, min_objects, max_objects)
     image = render(scene, noise=noise, seed=(seed, index))
-    return image, scene, describe(scene, rnd, split)
+    text = describe(scene, rnd, split)
+    # detection phrases from a stream of their own: the other texts stay as they were
+    text["phrases"] = detection_phrases(scene, random.Random(f"shapes:detect:{seed}:{index}"), split)
+    return image, scene, text
 
 
 def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dict[str, list[dict]]:
@@ -91,8 +94,10 @@ def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dic
                 for k, q in enumerate(text["qa"])],
         "classify": [{"id": f"{iid}_s{k}", **base, "text": s["text"], "label": s["label"]}
                      for k, s in enumerate(text["statements"])],
-        "ground": [{"id": f"{iid}_r{k}", **base, "ref": r["ref"], "box": r["box"]}
+        "ground": [{"id": f"{iid}_r{k}", **base, "ref": r["ref"], "box": r["box"], "objects": objects}
                    for k, r in enumerate(text["refs"])],
+        "detect": [{"id": f"{iid}_d{k}", **base, "text": p["text"], "boxes": p["boxes"],
+                    "phrase_kind": p["phrase_kind"], "objects": objects} for k, p in enumerate(text.get("phrases", []))],
         "translate": [{"id": f"{iid}_t{k}", **base, "source": en, "target": zh}
                       for k, (en, zh) in enumerate(zip(text["captions"], text["captions_zh"]))],
     }
@@ -100,7 +105,7 @@ def _records(index: int, split: str, scene: dict, text: dict, image: str) -> dic
 
 #: The record files the world writes, `{name}_{split}.jsonl`; a task names the one it reads
 #: (`Task.shapes_file`).
-RECORD_FILES = ("captions", "vqa", "classify", "ground", "translate")
+RECORD_FILES = ("captions", "vqa", "classify", "ground", "translate", "detect")
 
 
 def _work(args) -> list[tuple[int, dict[str, list[dict]]]]:

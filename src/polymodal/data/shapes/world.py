@@ -478,6 +478,38 @@ def describe(scene: dict, rnd: random.Random, split: str = "train") -> dict:
             "statements": statements(scene, rnd, split), "refs": referring(scene, rnd)}
 
 
+#: What a detection phrase names: its attributes, per kind ("none": a phrase of one of the
+#: other kinds that matches no object of the image).
+PHRASE_KINDS = {"color": ("color",), "shape": ("shape",), "color_shape": ("color", "shape"),
+                "size_shape": ("size", "shape")}
+
+
+def detection_phrases(scene: dict, rnd: random.Random, split: str = "train") -> list[dict]:
+    """Text-queried detection queries of a scene: one phrase of each kind in `PHRASE_KINDS` that
+    names objects of the image ("red objects", "circles", "red circles", "small circles"), with
+    the boxes of every object it matches, and one phrase that matches nothing (kind "none").
+
+    Phrases only name colour-shape pairs allowed in `split` (the held-out pairs appear in the
+    compositional split alone). Returns [{"text", "boxes", "phrase_kind"}].
+    """
+    objs = scene["objects"]
+    combos = _allowed_combos(split)
+    out = []
+    for kind, attrs in PHRASE_KINDS.items() if objs else ():
+        o = rnd.choice(objs)
+        desc = {a: o[a] for a in attrs}
+        out.append({"text": _desc_plural(desc), "phrase_kind": kind,
+                    "boxes": [list(p["box"]) for p in objs if _matches(p, desc)]})
+    for _ in range(40):  # something absent: an allowed description no object fits
+        attrs = PHRASE_KINDS[rnd.choice(list(PHRASE_KINDS))]
+        c, s = rnd.choice(combos)
+        desc = {a: v for a, v in (("color", c), ("shape", s), ("size", rnd.choice(SIZES))) if a in attrs}
+        if not any(_matches(p, desc) for p in objs):
+            out.append({"text": _desc_plural(desc), "phrase_kind": "none", "boxes": []})
+            break
+    return out
+
+
 def zh_alphabet() -> list[str]:
     """Every character the Chinese captions of shapes world can contain (for a target tokenizer)."""
     chars = set("图中有个物体形：、和一张的图片在左右边上下方从到依次是。深色背景只")
