@@ -8,7 +8,7 @@ Stages (each skipped when its outputs exist, so a rerun resumes where it stopped
   lm          pretrain a captioner on EN+ZH captions: LM      polymodal train configs/lm.yaml
   caption_en  fine-tune it on English captions                polymodal train configs/caption_en.yaml
   caption_zh  fine-tune it on Chinese captions                polymodal train configs/caption_zh.yaml
-  vqa         a VQA model on the LM stage's vision tower        polymodal train configs/vqa.yaml
+  vqa         VQA on the LM stage's vision tower              polymodal train configs/vqa.yaml
   ground      train a text-queried detector (boxes)           polymodal train configs/ground.yaml
   eval        test and compositional splits, real metrics     polymodal eval ... --baseline
   report      demo-out/report.html (self-contained)
@@ -44,7 +44,7 @@ class Budget:
     eval_limit: int | None   # records per evaluation (None: the whole split)
     dim: int = 128
     batch_size: int = 64
-    ground_steps: int = 150   # the text-queried detector's own training (~60 s at the full budget)
+    ground_steps: int = 150   # the text-queried detector's own training (~30 s at the full budget)
 
 
 BUDGETS = {

@@ -230,3 +230,16 @@ def test_vqa_baseline_reports_the_question_only_prior(world, tmp_path):
     assert "blind" not in evaluate("captioning", world, predictions=_write(
         tmp_path / "c.jsonl", [{"image_id": r["id"], "caption": "a red circle"}
                                for r in open_dataset(f"shapes:{world}:captions", "test")]), split="test", baseline=True)
+
+
+def test_question_only_baseline_never_learns_from_the_scored_records(tmp_path):
+    """A data file without splits has no train records apart from those scored: no blind baseline
+    (learning the priors from the test questions themselves would leak their answers)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    data = _write(tmp_path / "q.jsonl", [{"id": str(i), "image": str(tmp_path / "a.png"), "question": f"q{i}?",
+                                          "answers": ["yes"]} for i in range(3)])
+    preds = _write(tmp_path / "p.jsonl", [{"question_id": str(i), "answer": "no"} for i in range(3)])
+    res = evaluate("vqa", data, predictions=preds, baseline=True)
+    assert "baseline" in res and "blind" not in res

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.jsonl import iter_json_objects
-from polymodal.errors import DataError
+from polymodal.errors import ConfigError, DataError
 from polymodal.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -210,14 +210,19 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
 
 
 def _blind(task: Task, data, split: str | None, recs: list[dict]) -> dict | None:
-    """The task's image-blind baseline (`Task.blind`), learnt from the data's train split; None
-    when the task has none, or when the data have no train split apart from the one scored."""
+    """The task's image-blind baseline (`Task.blind`), learnt from the data's train split (minus any
+    record being scored); None when the task has none, or when no train records remain."""
     if split == "train" or type(task).blind is Task.blind:
         return None
     try:
         train, _ = _records(data, task, "train", None, check_images=False)
-    except DataError as e:
+    except (DataError, ConfigError, OSError) as e:   # no train split to learn the priors from
         log.info("no question-only baseline: %s", e)
+        return None
+    scored = {str(r["id"]) for r in recs}
+    train = [r for r in train if str(r["id"]) not in scored]   # data without splits: never learn from the scored
+    if not train:
+        log.info("no question-only baseline: %s has no train records apart from those scored", data)
         return None
     return task.blind(recs, train)
 
