@@ -231,10 +231,14 @@ class Batcher:
             if len(results) != len(items):
                 raise RuntimeError(f"{len(results)} results for {len(items)} items")
         except Exception as exc:  # noqa: BLE001  (reported to the jobs, never to the loop)
-            self.stats.record(len(items), len(batch), time.monotonic() - start)
             if len(batch) == 1:
+                self.stats.record(len(items), 1, time.monotonic() - start)
                 return self._settle(loop, batch[0], exc=exc)
-            for job in batch:  # one bad request must not fail its neighbours: run each alone
+            # one bad request must not fail its neighbours: run each alone (each is counted then,
+            # so `jobs` counts every request once)
+            log.warning("a batch of %d requests failed (%s: %s); running each alone",
+                        len(batch), type(exc).__name__, exc)
+            for job in batch:
                 self._run_batch([job], loop)
             return
         self.stats.record(len(items), len(batch), time.monotonic() - start)
