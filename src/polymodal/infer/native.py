@@ -99,15 +99,17 @@ class NativeModel(LoadedModel):
             probs = (scale * torch.from_numpy(self.embed_images(images)) @ t.T).softmax(-1)  # (N, L)
         return [{"label": names[int(p.argmax())], "scores": dict(zip(names, map(float, p)))} for p in probs]
 
-    def _fusion_probs(self, images, texts) -> torch.Tensor:
+    def _paired(self, images, texts):
+        """The model's outputs on (image, text) pairs, a batch at a time: yields (indices, output)."""
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
-        out = []
         for idx in chunks(range(len(images)), self.batch_size):
             with self._autocast():
-                o = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
-            out.append(o.logits.float().softmax(-1).cpu())
-        return torch.cat(out)
+                out = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
+            yield idx, out
+
+    def _fusion_probs(self, images, texts) -> torch.Tensor:
+        return torch.cat([o.logits.float().softmax(-1).cpu() for _, o in self._paired(images, texts)])
 
     # ----------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -161,13 +163,8 @@ class NativeModel(LoadedModel):
         from polymodal.models.boxes import to_pixels
 
         images = [read_image(im, i) for i, im in enumerate(as_image_list(images))]
-        texts = check_texts(texts)
-        if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
         out = []
-        for idx in chunks(range(len(images)), self.batch_size):
-            with self._autocast():
-                o = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
+        for idx, o in self._paired(images, check_texts(texts)):
             probs, boxes = o.logits.float().sigmoid().cpu(), o.boxes.float().cpu()  # (b, N), (b, N, 4)
             for j, i in enumerate(idx):
                 order = probs[j].argsort(descending=True)
