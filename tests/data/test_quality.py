@@ -246,3 +246,15 @@ def test_cli_score_filter_dedup(manifest, tmp_path):
                               "--dedup", str(tmp_path / "d.json"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "kept 4 of 9" in res.output and "unreadable image" in res.output
+
+
+def test_pick_threshold_known_answer(tmp_path):
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"swapped": [{"id": "x"}, {"id": "y"}], "duplicates": [], "broken": []}))
+    scores = tmp_path / "s.jsonl"
+    values = {"x": 0.1, "y": 0.3, "a": 0.2, "b": 0.5, "c": 0.6, "d": None}
+    scores.write_text("".join(json.dumps({"id": k, "score": v, "problems": []}) + "\n" for k, v in values.items()))
+    best = Q.pick_threshold(truth, scores)
+    assert best == {"min_score": 0.4, "precision": 0.6667, "recall": 1.0, "f1": 0.8}
+    m = Q.measure(truth, scores, min_score=0.15)
+    assert m["swapped"]["precision"] == 1.0 and m["swapped"]["recall"] == 0.5

@@ -357,14 +357,22 @@ def measure_quality(
     dedup: Optional[Path] = typer.Option(None, "--dedup", help="dedup report of the noisy manifest"),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="threshold under which a pair counts as swapped"),
     field: str = typer.Option("score", "--field"),
+    pick: bool = typer.Option(False, "--pick-threshold", help="choose the --min-score that maximises F1 here "
+                              "(do it on a noisy val split, then pass that value for the other splits)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
 ):
     """Precision and recall of each detector against the ground truth of `polymodal data corrupt`."""
-    from polymodal.data.quality import measure
+    from polymodal.data.quality import measure, pick_threshold
 
+    if pick:
+        if scores is None:
+            raise ConfigError("--pick-threshold needs --scores")
+        min_score = pick_threshold(truth, scores, field)["min_score"]
     report = measure(truth, scores, dedup, min_score=min_score, field=field)
     rows = [(k_, v["precision"], v["recall"], v["flagged"], v["true"]) for k_, v in report.items() if "precision" in v]
     lines = _table(rows, ("detector", "precision", "recall", "flagged", "true"))
+    if "swapped" in report:
+        lines.append(f"  swapped: {field} under {report['swapped']['min_score']}")
     if "per_transform" in report:
         lines.append("  copies found: " + ", ".join(f"{k_} {v['found']}/{v['copies']}"
                                                     for k_, v in report["per_transform"].items()))

@@ -958,3 +958,26 @@ def measure(truth: str | os.PathLike, scores: str | os.PathLike | None = None, d
             per[kind] = {"copies": len(copies), "found": sum(d["id"] in found and d["of"] in found for d in copies)}
         out["per_transform"] = per
     return out
+
+
+def pick_threshold(truth: str | os.PathLike, scores: str | os.PathLike, field: str = "score") -> dict:
+    """The `min_score` that maximises F1 of the swapped-caption detector against a truth.json
+    (choose it on a noisy val split, then apply it elsewhere): {"min_score", "precision", "recall", "f1"}."""
+    swapped = {s["id"] for s in json.loads(Path(truth).read_text())["swapped"]}
+    rows = [(r[field], r["id"] in swapped) for r in read_scores(scores) if isinstance(r.get(field), (int, float))]
+    if not rows or not swapped:
+        raise DataError(f"{scores}: no {field} values, or {truth} has no swapped records, to choose a threshold on")
+    rows.sort()
+    best = {"f1": -1.0}
+    tp = 0
+    for k, (v, pos) in enumerate(rows):
+        tp += pos
+        nxt = rows[k + 1][0] if k + 1 < len(rows) else v + 1e-3
+        if nxt == v:
+            continue
+        p, r = tp / (k + 1), tp / len(swapped)
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        if f1 > best["f1"]:
+            best = {"min_score": round((v + nxt) / 2, 6), "precision": round(p, 4), "recall": round(r, 4),
+                    "f1": round(f1, 4)}
+    return best
