@@ -130,6 +130,7 @@ def corpus(tmp_path_factory) -> dict:
     lines.append(json.dumps({"id": recs[0]["id"], "image": str(world / recs[0]["image"]), "captions": ["again"]}))
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
     (root / "all_bad.jsonl").write_text(lines[3] + "\n" + lines[5] + "\n{broken\n")
+    (root / "other_scores.jsonl").write_text(json.dumps({"id": "not-in-this-data", "score": 0.5}) + "\n")
 
     # training configs, good and bad; `train` writes only under the --output-dir the case gives
     good_cfg = {"task": "captioning", "model": {"recipe": "captioner-tiny", "processor": {"image": {"image_size": 32}}},
@@ -153,7 +154,7 @@ def corpus(tmp_path_factory) -> dict:
     shapes.generate(gen, splits={"train": 4}, seed=0, size=16, workers=1)
     (gen / "notes.txt").write_text("my notes on this data")
     paths.update(imgs=str(imgs), empty=str(root / "empty"), good0=good[0], good1=good[1], gen=str(gen),
-                 captions=str(root / "captions.jsonl"), ask_req=str(root / "ask.jsonl"),
+                 captions=str(root / "captions.jsonl"), other_scores=str(root / "other_scores.jsonl"), ask_req=str(root / "ask.jsonl"),
                  translate_req=str(root / "translate.jsonl"), missing=bad["missing"],
                  broken=bad["broken"], huge=str(imgs / "huge.png"), marker=str(root / "pipe-ran"))
     return paths
@@ -312,6 +313,23 @@ CASES = [
     Case("shard-out-is-a-file", ["data", "shard", "jsonl:{captions}", "--out", "{captions}"], 2,
          says=["File exists"]),
     Case("pipe-spec-refused", ["data", "stats", "wds:pipe:touch {marker}"], 2, says=["POLYMODAL_ALLOW_PIPE=1"]),
+    # ---- data quality: bad records are counted and reported, never a crash -----------------------
+    Case("score-bad-records", ["data", "score", "jsonl:{captions}", "--out", "{out}/s.jsonl", "--no-progress"], 0,
+         says=["missing image", "unreadable image", "empty text", "unreadable record"]),
+    Case("score-no-such-spec", ["data", "score", "jsonl:{out}/nope.jsonl", "--out", "{out}/s.jsonl"], 2,
+         says=["no such JSONL file"]),
+    Case("filter-both-thresholds", ["data", "filter", "jsonl:{captions}", "--scores", "{other_scores}", "--out",
+                                    "{out}/f.jsonl", "--min-score", "0.1", "--keep-top", "0.5"], 2,
+         says=["exactly one of --min-score"]),
+    Case("filter-no-threshold", ["data", "filter", "jsonl:{captions}", "--scores", "{other_scores}", "--out",
+                                 "{out}/f.jsonl"], 2, says=["exactly one of --min-score"]),
+    Case("filter-scores-of-other-data", ["data", "filter", "jsonl:{captions}", "--scores", "{other_scores}", "--out",
+                                         "{out}/f.jsonl", "--min-score", "0.1", "--no-progress"], 2,
+         says=["other_scores.jsonl", "has no row for"]),
+    Case("filter-no-scores-file", ["data", "filter", "jsonl:{captions}", "--scores", "{out}/none.jsonl", "--out",
+                                   "{out}/f.jsonl", "--keep-top", "0.5"], 2, says=["no such scores file"]),
+    Case("dedup-bad-records", ["data", "dedup", "jsonl:{captions}", "--no-progress", "--json"], 0,
+         json=["groups", "unreadable"]),
     Case("spec-duplicate-yaml-key", ["data", "stats", "{{format: jsonl, path: {captions}, path: x}}"], 2,
          says=["key 'path' is given twice"]),
 ]

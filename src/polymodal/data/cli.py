@@ -152,3 +152,228 @@ def tokenizer(
     report = fit_tokenizer(specs, out, split=split, vocab_size=vocab_size)
     _emit(report, as_json, f"wrote a {report['vocab_size']}-token tokenizer fitted to {report['texts']} texts "
                            f"to {report['out']}")
+
+
+# ------------------------------------------------------------------ data quality (docs/data-quality.md)
+
+class _Bar:
+    """A rich progress bar on stderr (records done / total, rate, ETA); off with --no-progress."""
+
+    def __init__(self, label: str, total: Optional[int], show: bool):
+        self.bar = None
+        if show:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _load_model(src: Optional[str]):
+    if src is None:
+        return None
+    from polymodal.infer.loaded import load
+
+    return load(src)
+
+
+def _table(rows: list[tuple], header: tuple) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return ["  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in (header, *rows)]
+
+
+@app.command()
+def score(
+    spec: str = typer.Argument(..., help="dataset spec, e.g. jsonl:data/train.jsonl or shapes:DIR:captions:train"),
+    out: Path = typer.Option(..., "--out", help="scores file to write (JSON Lines, one row per record)"),
+    model: Optional[str] = typer.Option(None, "--model", help="checkpoint dir or recipe whose image/text embeddings "
+                                        "(and ITM head) score the pairs; without it only the checks run"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    lang: Optional[str] = typer.Option(None, "--lang", help="expected language of the texts: en, zh (others are a problem)"),
+    min_side: int = typer.Option(16, "--min-side", min=1, help="images with a side under this many pixels are a problem"),
+    max_aspect: float = typer.Option(3.0, "--max-aspect", min=1.0, help="longer side / shorter side above this is a problem"),
+    max_words: int = typer.Option(77, "--max-words", min=1, help="texts longer than this are a problem"),
+    itm: bool = typer.Option(True, "--itm/--no-itm", help="also the ITM probability, when the model has an ITM head"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="records decoded and embedded together"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Score every image-text pair: alignment (cosine, ITM) and checks (decodes, size, aspect, text)."""
+    from polymodal.data.quality import score as run, spec_size
+
+    loaded = _load_model(model)
+    with _Bar("score", spec_size(spec, split), progress) as bar:
+        report = run(spec, loaded, out=out, split=split, batch_size=batch_size, lang=lang, min_side=min_side,
+                     max_aspect=max_aspect, max_words=max_words, itm=itm, progress=bar)
+    report["model"] = model
+    lines = [f"scored {report['records']} records ({report['ok']} without problems) -> {out}"]
+    if report["score"]:
+        s = report["score"]
+        lines.append(f"  cosine: min {s['min']}, median {s['median']}, max {s['max']}")
+    if report.get("itm"):
+        s = report["itm"]
+        lines.append(f"  ITM probability: min {s['min']}, median {s['median']}, max {s['max']}")
+    if report["duplicate_texts"]:
+        lines.append(f"  {report['duplicate_texts']} records repeat an earlier record's text")
+    lines += _table(sorted(report["problems"].items(), key=lambda kv: -kv[1]), ("problem", "records")) \
+        if report["problems"] else []
+    _emit(report, as_json, "\n".join(lines))
+
+
+@app.command("filter")
+def filter_(
+    spec: str = typer.Argument(..., help="dataset spec the scores were computed on"),
+    scores: Path = typer.Option(..., "--scores", help="scores file from `polymodal data score`"),
+    out: Path = typer.Option(..., "--out", help="new JSON Lines manifest to write (the original data are not touched)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="drop records whose score is under this"),
+    keep_top: Optional[float] = typer.Option(None, "--keep-top", help="keep this best-scoring fraction (0 < P <= 1)"),
+    field: str = typer.Option("score", "--field", help="the scores file's column: score (cosine) or itm"),
+    dedup: Optional[Path] = typer.Option(None, "--dedup", help="a report from `polymodal data dedup --out`: "
+                                         "also drop duplicates not kept and test leaks"),
+    keep_problems: bool = typer.Option(False, "--keep-problems", help="keep records whose checks found problems"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Write a new manifest of the records that pass: score threshold, checks, duplicates."""
+    from polymodal.data.quality import filter_spec, spec_size
+
+    with _Bar("filter", spec_size(spec, split), progress) as bar:
+        report = filter_spec(spec, scores, out, min_score=min_score, keep_top=keep_top, field=field, dedup=dedup,
+                             split=split, keep_problems=keep_problems, progress=bar)
+    lines = [f"kept {report['kept']} of {report['records']} records -> {report['out']} "
+             f"(read it with jsonl:{report['out']}); {field} threshold {report['threshold']}",
+             f"every dropped record and why: {report['report']}"]
+    if report["reasons"]:
+        lines += _table(sorted(report["reasons"].items(), key=lambda kv: -kv[1]), ("dropped because", "records"))
+    _emit(report, as_json, "\n".join(lines))
+
+
+@app.command()
+def dedup(
+    spec: str = typer.Argument(..., help="dataset spec to de-duplicate"),
+    against: Optional[str] = typer.Option(None, "--against", help="a test spec: list the records that leak its items"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the full report (groups, links, leaks) as JSON"),
+    model: Optional[str] = typer.Option(None, "--model", help="compare the model's image embeddings "
+                                        "(default: a colour thumbnail, no model needed)"),
+    hash_distance: int = typer.Option(-1, "--hash-distance", min=-1, max=64,
+                                      help="near duplicates: pHash Hamming distance at most this (-1: off, the default)"),
+    cosine: Optional[float] = typer.Option(None, "--cosine", help="near duplicates: embedding cosine at least this "
+                                           "(default 0.95 for thumbnails, off with --model unless given; 2: off)"),
+    aligned: float = typer.Option(0.97, "--aligned", help="near duplicates: greyscale cosine at the best shift "
+                                  "within 4 pixels at least this (shifted copies; 2: off)"),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="also group records with the same normalised text"),
+    index_min: int = typer.Option(5000, "--index-min", min=1, help="above this many records use a FAISS index "
+                                  "(when faiss-cpu is installed) instead of comparing all pairs"),
+    k: int = typer.Option(10, "--neighbours", min=1, help="neighbours per record looked at through the index"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    against_split: Optional[str] = typer.Option(None, "--against-split"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="records decoded and embedded together"),
+    max_groups: int = typer.Option(10, "--max-groups", min=0, help="groups to print"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line (the summary; --out has everything)"),
+):
+    """Find exact duplicates, near-duplicate images and captions, and (--against) test leaks."""
+    from polymodal.data.quality import find_duplicates, spec_size
+
+    loaded = _load_model(model)
+    total = spec_size(spec, split)
+    if against is not None and total is not None:
+        extra = spec_size(against, against_split)
+        total = total + extra if extra is not None else None
+    with _Bar("dedup", total, progress) as bar:
+        report = find_duplicates(spec, against=against, split=split, against_split=against_split, model=loaded,
+                                 hash_distance=None if hash_distance < 0 else hash_distance,
+                                 cosine=None if cosine is not None and cosine > 1 else cosine,
+                                 aligned=None if aligned > 1 else aligned,
+                                 captions=captions, index_min=index_min, k=k, batch_size=batch_size, progress=bar)
+    if cosine is not None and cosine > 1:
+        report["thresholds"]["cosine"] = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    summary = {k_: v for k_, v in report.items() if k_ not in ("groups", "unreadable", "leaks")}
+    summary.update(groups={kind: sum(g["kind"] == kind for g in report["groups"]) for kind in ("exact", "near", "caption")},
+                   unreadable=len(report["unreadable"]), out=str(out) if out else None)
+    if "leaks" in report:
+        summary["leaks"] = len(report["leaks"])
+    lines = [f"{report['records']} records, {len(report['unreadable'])} unreadable; "
+             + ", ".join(f"{summary['groups'][kind]} {kind} groups ({report['duplicates'][kind]} records not kept)"
+                         for kind in ("exact", "near", "caption"))]
+    if report["method"]:
+        lines.append("  search: " + ", ".join(f"{k_} {v}" for k_, v in report["method"].items()))
+    shown = [g for g in report["groups"] if g["kind"] != "caption"][:max_groups]
+    if shown:
+        lines += _table([(g["kind"], g["kept"], ", ".join(m for m in g["members"] if m != g["kept"])[:80])
+                         for g in shown], ("group", "kept", "duplicates (dropped by filter --dedup)"))
+    if "leaks" in report:
+        lines.append(f"{len(report['leaks'])} records leak an item of {against}")
+        lines += _table([(x["id"], x["test_id"], x["kind"]) for x in report["leaks"][:max_groups]],
+                        ("record", "test item", "how"))
+    if out is not None:
+        lines.append(f"full report: {out} (drop the duplicates with `polymodal data filter … --dedup {out}`)")
+    _emit(summary, as_json, "\n".join(lines))
+
+
+@app.command()
+def corrupt(
+    spec: str = typer.Argument(..., help="a clean dataset spec with image files and captions"),
+    out: Path = typer.Option(..., "--out", help="folder for noisy.jsonl, truth.json and the new image files"),
+    swap: float = typer.Option(0.10, "--swap", help="fraction of records whose captions are swapped with another's"),
+    duplicates: float = typer.Option(0.05, "--duplicates", help="fraction of records given an exact or near-duplicate copy"),
+    broken: int = typer.Option(10, "--broken", min=0, help="records with a broken image file to add"),
+    seed: int = typer.Option(0, "--seed"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Inject known noise (swapped captions, duplicates, broken files) to measure the detectors."""
+    from polymodal.data.quality import corrupt as run
+
+    report = run(spec, out, swap=swap, duplicates=duplicates, broken=broken, seed=seed, split=split)
+    _emit(report, as_json, f"wrote {report['records']} records ({report['swapped']} with swapped captions, "
+                           f"{report['duplicates']} duplicate copies, {report['broken']} broken files) to "
+                           f"{report['spec']}; ground truth in {report['truth']}")
+
+
+@app.command("measure-quality")
+def measure_quality(
+    truth: Path = typer.Argument(..., help="truth.json written by `polymodal data corrupt`"),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="scores file of the noisy manifest"),
+    dedup: Optional[Path] = typer.Option(None, "--dedup", help="dedup report of the noisy manifest"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="threshold under which a pair counts as swapped"),
+    field: str = typer.Option("score", "--field"),
+    pick: bool = typer.Option(False, "--pick-threshold", help="choose the --min-score that maximises F1 here "
+                              "(do it on a noisy val split, then pass that value for the other splits)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
+):
+    """Precision and recall of each detector against the ground truth of `polymodal data corrupt`."""
+    from polymodal.data.quality import measure, pick_threshold
+
+    if pick:
+        if scores is None:
+            raise ConfigError("--pick-threshold needs --scores")
+        min_score = pick_threshold(truth, scores, field)["min_score"]
+    report = measure(truth, scores, dedup, min_score=min_score, field=field)
+    rows = [(k_, v["precision"], v["recall"], v["flagged"], v["true"]) for k_, v in report.items() if "precision" in v]
+    lines = _table(rows, ("detector", "precision", "recall", "flagged", "true"))
+    if "swapped" in report:
+        lines.append(f"  swapped: {field} under {report['swapped']['min_score']}")
+    if "per_transform" in report:
+        lines.append("  copies found: " + ", ".join(f"{k_} {v['found']}/{v['copies']}"
+                                                    for k_, v in report["per_transform"].items()))
+    _emit(report, as_json, "\n".join(lines))

@@ -146,6 +146,13 @@ class LoadedModel:
     def retrieve(self, query, images: Sequence[Any], top_k: int = 5) -> list[dict]:
         self._unsupported("retrieve images")
 
+    def can_match(self) -> bool:
+        """Whether `match` (an image-text matching head's probability) works for this model."""
+        return False
+
+    def match(self, images: Sequence[Any], texts: Sequence[str]):
+        self._unsupported("match images with texts (it has no image-text matching head)")
+
     def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
         self._unsupported("translate")
 

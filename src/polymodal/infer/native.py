@@ -99,6 +99,19 @@ class NativeModel(LoadedModel):
             probs = (scale * torch.from_numpy(self.embed_images(images)) @ t.T).softmax(-1)  # (N, L)
         return [{"label": names[int(p.argmax())], "scores": dict(zip(names, map(float, p)))} for p in probs]
 
+    def can_match(self) -> bool:
+        """Whether `match` works: the model has an image-text matching (ITM) head."""
+        return getattr(self.model, "itm_head", None) is not None
+
+    @torch.no_grad()
+    def match(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+        """The ITM head's probability that each (image, text) pair matches, (N,) float32."""
+        if not self.can_match():
+            self._unsupported("match images with texts (it has no image-text matching head)")
+        images = as_image_list(images)
+        out = [o.itm_logits.float().softmax(-1)[:, 1].cpu() for _, o in self._paired(images, check_texts(texts))]
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
     def _paired(self, images, texts):
         """The model's outputs on (image, text) pairs, a batch at a time: yields (indices, output)."""
         if len(images) != len(texts):
