@@ -43,6 +43,10 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries)) or '(none)'}")
         return self._entries[name]
 
+    def accepts(self, name: str | None, argument: str) -> bool:
+        """Whether the entry `name` (when registered) takes a keyword `argument`."""
+        return name in self._entries and argument in _params(self._entries[name])
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

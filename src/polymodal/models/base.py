@@ -25,6 +25,10 @@ class Features:
         None where tokens have no place (text, a CLS token).
     attention: (B, K, N) logits of a fusion's K question-guided looks over the image tokens,
         for fusions that look (`hop_attention`); objectives supervise them, explanations show them.
+    attributes: (B, N, A) what a model's object heads read on each image token (per attribute
+        a softmax over none + its values, concatenated), set by the families that have heads.
+    embeddings: (B, T, D) the text tokens' input (word) embeddings, before any context: a
+        fusion can read which words a question holds from them directly.
     """
 
     tokens: torch.Tensor
@@ -32,6 +36,8 @@ class Features:
     pooled: torch.Tensor
     positions: torch.Tensor | None = None
     attention: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -58,8 +64,8 @@ def build(registry, spec: dict, where: str, **injected) -> nn.Module:
 def select(f: Features, index: torch.Tensor) -> Features:
     """The rows `index` (B',) of batched Features (shared positions stay shared)."""
     pos = f.positions if f.positions is None or f.positions.dim() == 2 else f.positions[index]
-    att = None if f.attention is None else f.attention[index]
-    return Features(f.tokens[index], f.mask[index], f.pooled[index], pos, att)
+    rows = [None if t is None else t[index] for t in (f.attention, f.attributes, f.embeddings)]
+    return Features(f.tokens[index], f.mask[index], f.pooled[index], pos, *rows)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

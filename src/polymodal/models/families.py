@@ -60,17 +60,25 @@ class _Towers(Component):
         return {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
 
     def read_attributes(self, image: Features, object_logits: dict[str, torch.Tensor] | None = None) -> Features:
-        """The image features the rest of the model sees: with `attribute_tokens`, what the object
-        heads read on each token (their softmax, through a linear map) is added to it, and the
-        pooled feature moves by the mean of what was added; without, `image` unchanged."""
-        if self.attribute_tokens is None:
+        """The image features the rest of the model sees. With object heads, what they read on
+        each token (their softmax) rides along as `Features.attributes`; with `attribute_tokens`
+        it is also added to the tokens (through a linear map), and the pooled feature moves by
+        the mean of what was added. Without heads, `image` unchanged."""
+        if not self.object_heads:
             return image
         object_logits = object_logits or self.object_logits(image)
         probs = torch.cat([lg.softmax(-1) for lg in object_logits.values()], -1)   # (B, N, classes)
+        if self.attribute_tokens is None:
+            return replace(image, attributes=probs)
         added = self.attribute_tokens(probs)                                       # (B, N, D)
         keep = image.mask.unsqueeze(-1).to(added.dtype)
         pooled = image.pooled + (added * keep).sum(1) / keep.sum(1).clamp(min=1)
-        return replace(image, tokens=image.tokens + added, pooled=pooled)
+        return replace(image, tokens=image.tokens + added, pooled=pooled, attributes=probs)
+
+    @property
+    def attribute_dim(self) -> int:
+        """How many numbers `Features.attributes` holds per token (0 without object heads)."""
+        return sum(1 + len(v) for v in self.object_attributes.values())
 
     def encode_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
         return self.text(input_ids, attention_mask)
@@ -187,7 +195,11 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
                  attribute_tokens: bool = False):
         super().__init__()
         self._build_towers(vision, text)
-        self.fusion = build(FUSIONS, fusion, "model.fusion", image_dim=self.vision.dim, text_dim=self.text.dim)
+        self._build_object_heads(object_attributes, attribute_tokens)
+        dims = {"image_dim": self.vision.dim, "text_dim": self.text.dim}
+        if isinstance(fusion, dict) and FUSIONS.accepts(fusion.get("type"), "attribute_dim"):
+            dims["attribute_dim"] = self.attribute_dim  # fusions that read the object heads' output
+        self.fusion = build(FUSIONS, fusion, "model.fusion", **dims)
         d = self.fusion.dim
         self.labels = list(labels) if labels else []
         self.classifier = ClassifierHead(d, len(self.labels), classifier_hidden) if self.labels else None
@@ -199,7 +211,6 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         else:
             self.image_proj = self.text_proj = self.logit_scale = None
-        self._build_object_heads(object_attributes, attribute_tokens)
 
     def fuse(self, image: Features, text: Features,
              object_logits: dict[str, torch.Tensor] | None = None) -> Features:

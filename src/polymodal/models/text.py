@@ -24,7 +24,7 @@ class _HFText(Component):
         mask = attention_mask.bool()
         # Mean pooling is what sentence-transformers trained MiniLM with; CLS for BERT-style heads.
         pooled = masked_mean(tokens, mask) if self.pool == "mean" else tokens[:, 0]
-        return Features(tokens, mask, pooled)
+        return Features(tokens, mask, pooled, embeddings=self.model.get_input_embeddings()(input_ids))
 
 
 @TEXT.register("hf_text")
