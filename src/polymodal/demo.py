@@ -127,7 +127,7 @@ def _configs(out: Path, b: Budget) -> dict[str, dict]:
         # at step 400 train accuracy 0.55 against 0.42 from the alignment tower, hops 0.79 vs 0.60)
         "vqa": {**common, "task": "vqa", "output_dir": str(runs / "vqa"),
                 "model": {"spec": {"type": "fusion_encoder", **towers,
-                                   "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2},
+                                   "fusion": {"type": "hop_attention", "dim": b.dim, "hops": 2, "compare": True},
                                    "object_attributes": objects, "attribute_tokens": True},
                           "processor": proc, "init_from": str(runs / "lm" / "best")},
                 "objectives": [{"type": "vqa_classification"}, {"type": "hop_attention"},
