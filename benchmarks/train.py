@@ -29,7 +29,8 @@ LEVERS = {
     "demo-vqa": [("data.num_workers=1", {"data.num_workers": 1}),
                  ("data.group_by_image=false", {"data.group_by_image": False}),
                  ("precision=bf16", {"precision": "bf16"})],
-    "demo-captioner": [("data.num_workers=1", {"data.num_workers": 1}),
+    "demo-captioner": [("data.captions_per_image=5", {"data.captions_per_image": 5}),
+                       ("data.num_workers=1", {"data.num_workers": 1}),
                        ("precision=bf16", {"precision": "bf16"})],
     "shapes-retrieval": [],
     "shapes-caption": [],
@@ -82,12 +83,17 @@ def _set(cfg: dict, key: str, value) -> dict:
 
 
 def run_polymodal(cfg: dict, work: Path, size: Size) -> float:
-    """Steady-state samples/s of `polymodal.train.train(cfg)`."""
+    """Steady-state samples/s of `polymodal.train.train(cfg)`. With `data.captions_per_image` K
+    a step trains on `batch_size` images x K captions, and a sample is a caption."""
     from polymodal.train import train
 
+    k = cfg["data"].get("captions_per_image", 1)
+    if k > 1:  # as many captions a step as the others: batch_size / K images
+        cfg = _set(cfg, "optim.batch_size", -(-size.batch // k))
     res = train(cfg, output_dir=str(work / "runs" / f"pm-{time.time_ns()}"))
     rows = [r for r in res.history if "samples_per_s" in r][size.skip:]
-    return len(rows) * size.batch / sum(size.batch / r["samples_per_s"] for r in rows)
+    per_step = cfg["optim"]["batch_size"] * k
+    return len(rows) * per_step / sum(cfg["optim"]["batch_size"] / r["samples_per_s"] for r in rows)
 
 
 def run_plain(cfg: dict, work: Path, size: Size) -> float:
@@ -100,8 +106,11 @@ def run_plain(cfg: dict, work: Path, size: Size) -> float:
 
     cfg = _set(cfg, "precision", "no")
     r = prepare_run(cfg, output_dir=str(work / "runs" / f"plain-{time.time_ns()}"))
-    collate = copy.copy(r.collate)
-    collate.share_images = False  # the usual collator: every record brings its own image row
+    collate = copy.copy(r.collate)  # the usual collator: every record brings its own image row
+    if hasattr(collate, "captions_per_image"):
+        collate.captions_per_image = 1
+    else:
+        collate.share_images = False
     objectives = r.objectives
 
     class WithLoss(torch.nn.Module):
