@@ -25,6 +25,7 @@ def markdown(res: dict) -> str:
             f"{m.get('load_average_1m_end', '?')} at the end.", "",
             "Each benchmark runs in its own process (its peak resident memory is given with it); within one, "
             "the contenders alternate, round after round, and the tables give medians.", ""]
+    out += LEVERS.splitlines()
     sections = {"train": _train, "caption": _caption, "embed": _embed, "mfu": _mfu, "scaling": _scaling,
                 "ddp": _ddp}
     for name, fn in sections.items():
@@ -131,3 +132,20 @@ def _ddp(r: dict) -> list[str]:
             "~1–3 MB for these models) is small against the step, which holds for these recipes on any "
             "datacenter network; FSDP / DeepSpeed (`accelerate launch --config_file`) shard parameters and "
             "optimizer state and pay off only for models that do not fit one device.", ""]
+
+
+LEVERS = """## Levers: the options, their defaults, where they are measured
+
+| lever | option (default) | measured |
+|---|---|---|
+| encode each image once for all its questions | `data.group_by_image` (off; the demo's and `configs/shapes/vqa.yaml`'s VQA recipes turn it on); the VQA collator always encodes an image once per batch | training table, `demo-vqa` row `group_by_image=false`; scaling, "images" |
+| encode each image once for all its captions | `data.captions_per_image` (1) | training table, `demo-captioner` row `captions_per_image=5` (65 captions from 13 images a step against 64 from 64) |
+| data loading in worker processes | `data.num_workers` (0) | training table, `num_workers=1` rows |
+| bf16 autocast | `precision: auto` (default: times one step in each and keeps the faster), `bf16`, `no`; inference `polymodal.load(..., bf16=True)` (off) | training `precision=bf16` rows; MFU table (both step times); captioning `bf16=True` row with the share of identical captions |
+| fused AdamW | always (`train/optim.py`); the plain `Trainer` uses it too (`adamw_torch_fused`, its default) | equal in both loops |
+| beams share their image's cross-attention keys/values | always for GPT-2 decoders (`models/generation.py`), exact | captioning table, polymodal rows |
+| dynamic int8 quantisation (CPU inference) | not an option of `polymodal.load` yet; measured with `torch.ao.quantization.quantize_dynamic` on the loaded model's `nn.Linear` layers (GPT-2's `Conv1D` layers are not `nn.Linear` and stay fp32) | captioning table, `int8` row, with the share of identical captions |
+| thread settings | torch's default (one thread per core); on a machine shared with other jobs one thread per process (`OMP_NUM_THREADS=1`) avoids OpenMP barrier stalls of ~10 ms per parallel operator, measured on the development machine under load | `threads` in the header |
+| `torch.compile`, channels-last convolutions, static KV cache | not measured yet | — |
+
+"""
