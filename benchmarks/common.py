@@ -73,6 +73,12 @@ def alternate(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[
     return {k: {"median": statistics.median(v), "values": [round(x, 4) for x in v]} for k, v in got.items()}
 
 
+def paired_ratio(values: list[float], base: list[float]) -> float:
+    """The median over rounds of value / base of the same round: a burst of load that slows one
+    whole round cancels, which it does not in a ratio of the two medians."""
+    return statistics.median(v / b for v, b in zip(values, base))
+
+
 def timed(fn: Callable, repeats: int = 3, warmup: int = 1) -> tuple[float, object]:
     """(median seconds of `fn()` over `repeats` calls after `warmup` calls, the last result)."""
     out = None

@@ -41,7 +41,8 @@ def _train(r: dict) -> list[str]:
            "`transformers.Trainer` with the task's collator made the usual way (one image row per record) and "
            "its defaults (fp32, data loaded in the main process); polymodal runs the recipe's config as written. "
            "A lever row changes one documented option. Samples/s (questions for VQA, captions for captioning), "
-           "steady state, median of the rounds; × = against the plain loop (`benchmarks/train.py`).", ""]
+           "steady state, median of the rounds; × = against the plain loop, the median over rounds of the "
+           "two in the same round (`benchmarks/train.py`).", ""]
     rows = []
     for recipe, v in r.items():
         for name, x in v["results"].items():

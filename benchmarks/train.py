@@ -15,6 +15,7 @@ Contenders, alternating in one process (`common.alternate`):
 
 Samples/s are steady-state: the first `skip` steps are left out; data loading is inside the
 timed steps of both loops. Samples are records (questions for VQA, captions for captioning).
+A ratio is the median over rounds of contender / plain in the same round (`paired_ratio`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import copy
 import time
 from pathlib import Path
 
-from benchmarks.common import Size, alternate, shapes_world
+from benchmarks.common import Size, alternate, paired_ratio, shapes_world
 
 #: lever rows per recipe: (label, config overrides as {dotted key: value})
 LEVERS = {
@@ -160,8 +161,7 @@ def run(size: Size, work: Path) -> dict:
                 varied = _set(varied, k, v)
             contenders[f"polymodal, {label}"] = lambda cfg=varied: run_polymodal(cfg, work, size)
         got = alternate(contenders, size.repeats)
-        base = got["plain"]["median"]
         for v in got.values():
-            v["ratio"] = round(v["median"] / base, 3)
+            v["ratio"] = round(paired_ratio(v["values"], got["plain"]["values"]), 3)
         out[name] = {"batch": size.batch, "steps": size.train_steps, "results": got}
     return out
