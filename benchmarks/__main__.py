@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(a.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         results = {"machine": machine(), "size": a.size, "note": a.note,
-                   "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+                   "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
                    "started": time.strftime("%Y-%m-%d %H:%M"), "benchmarks": {}}
         for name in a.only:
             out = work / f"{name}.json"

@@ -129,9 +129,8 @@ def _ddp(r: dict) -> list[str]:
             "Two processes on two cores split the same cores (one thread each instead of two), add a gradient "
             "all-reduce per step and load data twice, so no gain is expected here. On N machines (or GPUs) each "
             "with its own cores the step time stays roughly that of one process while the global batch grows N-fold: "
-            "throughput scales close to N× as long as the all-reduce of the gradients (4 bytes × parameters, "
-            "~1–3 MB for these models) is small against the step, which holds for these recipes on any "
-            "datacenter network; FSDP / DeepSpeed (`accelerate launch --config_file`) shard parameters and "
+            "throughput scales close to N× as long as the all-reduce of the gradients (4 bytes × parameters "
+            "per step) is small against the step; FSDP / DeepSpeed (`accelerate launch --config_file`) shard parameters and "
             "optimizer state and pay off only for models that do not fit one device.", ""]
 
 
