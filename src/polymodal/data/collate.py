@@ -32,6 +32,11 @@ def _rng(item: dict) -> random.Random:
     return random.Random(item.get("_seed", 0))
 
 
+def _caption_list(item: dict, field: str) -> list[str]:
+    """Every caption of an item under `field` ("a+b" joins several lists)."""
+    return [c for f in field.split("+") for c in (item.get(f) or [])]
+
+
 def pick_caption(item: dict, field: str = "captions") -> str:
     """One caption of an item: a seeded choice among `field` (a list), else `caption`.
 
@@ -194,12 +199,36 @@ class CaptionCollator(Collator):
 
     task = "caption"
 
-    def __init__(self, processor, max_length: int | None = None, field: str = "captions"):
+    def __init__(self, processor, max_length: int | None = None, field: str = "captions",
+                 captions_per_image: int = 1):
         super().__init__(processor, max_length)
         self.field = field
+        self.captions_per_image = captions_per_image
+
+    @property
+    def share_images(self) -> bool:
+        # several captions of one image: the image is encoded once (`image_index`)
+        return self.captions_per_image > 1
+
+    def __call__(self, items):
+        """With `captions_per_image` k > 1 each image brings k different captions (a seeded
+        choice; all of them when it has fewer), one batch row each, and one row of
+        `pixel_values` for all of them (`image_index`), so the vision tower runs once per image."""
+        k = self.captions_per_image
+        if k == 1:
+            return super().__call__(items)
+        rows = []
+        for i, x in enumerate(items):
+            if x is None:
+                continue
+            caps = _caption_list(x, self.field)
+            chosen = _rng(x).sample(caps, min(k, len(caps))) if caps else [pick_caption(x, self.field)]
+            key = x.get("image_id", x.get("id", f"item-{i}"))
+            rows += [{**x, "image_id": key, "_caption": c} for c in chosen]
+        return super().__call__(rows)
 
     def collate(self, items):
-        texts = [pick_caption(x, self.field) for x in items]
+        texts = [x["_caption"] if "_caption" in x else pick_caption(x, self.field) for x in items]
         refs = [list(x.get(self.field) or [x.get("caption", "")]) for x in items]
         return {**self._targets(texts), "references": refs, **object_annotations(items)}
 

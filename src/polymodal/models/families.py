@@ -303,8 +303,13 @@ class EncoderDecoder(_Towers):
 
     def forward(self, pixel_values: torch.Tensor, decoder_input_ids: torch.Tensor,
                 decoder_attention_mask: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> EncoderDecoderOutput:
+                attention_mask: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> EncoderDecoderOutput:
+        """`image_index` (B,): row of `pixel_values` for each target, when several targets share an
+        image (`data.captions_per_image`: the image tower then runs once per image)."""
         image = self.vision(pixel_values)
+        if image_index is not None:
+            image = select(image, image_index)
         object_logits = self.object_logits(image)
         memory, memory_mask = self.memory(self.read_attributes(image, object_logits), input_ids, attention_mask)
         logits = self.decoder(decoder_input_ids, decoder_attention_mask, memory, memory_mask)

@@ -124,6 +124,11 @@ class DataConfig:
         group_by_image: batches hold all records of their images next to each other, and the
             image tower runs once per image, not once per record (VQA: ~6 questions an image).
             For collators that share images (VQA); ignored by the others.
+        captions_per_image: captioning: each image of a batch brings this many of its captions
+            (different ones, a seeded choice), and the image tower runs once for all of them
+            (`image_index`), so a step of `batch_size` images trains on up to `batch_size x
+            captions_per_image` captions. 1 (the default): one caption per image per epoch.
+            Measured in docs/benchmarks.md (training, lever rows).
     """
 
     train: str | dict | None = None
@@ -134,6 +139,7 @@ class DataConfig:
     max_val_samples: int | None = bounded(None, ge=1)
     text_field: str | None = None
     group_by_image: bool = False
+    captions_per_image: int = bounded(1, ge=1)
 
 
 @dataclass

@@ -59,12 +59,12 @@ def _forward(model, batch: dict):
 
 
 def _plain_forward(model, batch: dict):
+    extra = {"image_index": batch["image_index"]} if batch.get("image_index") is not None else {}
     if getattr(getattr(model, "module", model), "decoder", None) is not None:   # (DDP wraps it in .module)
         # an encoder-decoder: the decoder reads the targets
         return model(pixel_values=batch["pixel_values"], decoder_input_ids=batch["decoder_input_ids"],
                      decoder_attention_mask=batch["decoder_attention_mask"], input_ids=batch.get("input_ids"),
-                     attention_mask=batch.get("attention_mask"))
-    extra = {"image_index": batch["image_index"]} if batch.get("image_index") is not None else {}
+                     attention_mask=batch.get("attention_mask"), **extra)
     return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
                  attention_mask=batch["attention_mask"], **extra)
 

@@ -199,6 +199,12 @@ def prepare_run(config, overrides: Sequence[str] = (), output_dir: str | None = 
         cfg.data.val, cfg.data.val_split, f"{source}: data.val", cfg.seed, train=False,
         task=task) if cfg.data.val else None)
     collate = collate_fn or task.collator(processor, setup.base, cfg.data.text_field)
+    if cfg.data.captions_per_image > 1:
+        if not hasattr(collate, "captions_per_image"):
+            raise ConfigError(f"{source}: data.captions_per_image applies to captioning batches; the "
+                              f"{cfg.task} collator ({type(collate).__name__}) has one text per record; "
+                              "remove the key or set it to 1")
+        collate.captions_per_image = cfg.data.captions_per_image
     _data.check_batch(collate, train_set, requires, f"{source}: data.train")
     if val_set is not None:
         _data.check_batch(collate, val_set, requires, f"{source}: data.val")
