@@ -73,6 +73,14 @@ def test_aligned_cosine_finds_the_shift():
     s = Q.aligned_cosine(np.stack([a, a]), np.stack([shifted, other]))
     assert s[0] > 0.99 and s[1] < 0.6
     assert Q.aligned_cosine(a[None], np.roll(a, 6, axis=1)[None], max_shift=4)[0] < 0.9  # beyond the window
+    # a batch mixing shifts (each pair's best shift differs): every copy found, each pair's value
+    # equal to the pair scored alone
+    shifts = [(0, 0), (1, -2), (-3, 4), (4, 1), (-1, -4)]
+    copies = np.stack([np.roll(np.roll(a, dx, axis=1), dy, axis=0) for dy, dx in shifts] + [other])
+    batch = Q.aligned_cosine(np.stack([a] * 6), copies)
+    assert (batch[:5] > 0.99).all() and batch[5] < 0.6
+    alone = [Q.aligned_cosine(a[None], c[None])[0] for c in copies]
+    assert batch == pytest.approx(alone, abs=1e-5)
 
 
 def test_neighbours_exact_and_faiss_agree():

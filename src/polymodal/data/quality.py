@@ -558,19 +558,28 @@ def aligned_cosine(a: np.ndarray, b: np.ndarray, max_shift: int = 4) -> np.ndarr
     come from the cross-correlation (FFT); the overlap cosine is computed exactly at each."""
     a = a.astype(np.float32) - a.mean((1, 2), keepdims=True, dtype=np.float32)
     b = b.astype(np.float32) - b.mean((1, 2), keepdims=True, dtype=np.float32)
+    from scipy import fft
+
     p, size, r = a.shape[0], a.shape[1], max_shift
-    n = size + r  # zero padding: no wrap-around within r
-    corr = np.fft.irfft2(np.fft.rfft2(a, s=(n, n)) * np.conj(np.fft.rfft2(b, s=(n, n))), s=(n, n))  # (P, n, n)
+    # zero padding to at least size + r: no wrap-around within r; a 2-3-5-smooth length is ~2x
+    # faster than 68 = 4 x 17 (scipy.fft, 3,000 pairs of 64 px: 1.3 s at 72 against 2.9 s with numpy at 68)
+    n = fft.next_fast_len(size + r, real=True)
+    corr = fft.irfft2(fft.rfft2(a, s=(n, n)) * np.conj(fft.rfft2(b, s=(n, n))), s=(n, n))  # (P, n, n)
     rows = np.r_[n - r:n, 0:r + 1]
     win = corr[:, rows][:, :, rows].reshape(p, -1)  # (P, (2r+1)^2): shifts -r..r in y and x
+    top = np.argsort(-win, axis=1)[:, :3]  # (P, 3): each pair's best three shifts
     out = np.full(p, -1.0, np.float32)
-    for i in range(p):
-        for q in np.argsort(-win[i])[:3]:
-            dy, dx = (int(v) - r for v in divmod(int(q), 2 * r + 1))
-            x = a[i, max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)]
-            y = b[i, max(0, -dy):size + min(0, -dy), max(0, -dx):size + min(0, -dx)]
-            x, y = x - x.mean(), y - y.mean()
-            out[i] = max(out[i], float((x * y).sum() / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-6)))
+    # One batched overlap cosine per distinct shift (at most (2r+1)^2), not one per pair: the
+    # pairs that share a shift share the overlap's slices.
+    for q in np.unique(top):
+        dy, dx = (int(v) - r for v in divmod(int(q), 2 * r + 1))
+        idx = np.flatnonzero((top == q).any(1))
+        x = a[idx, max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)].reshape(len(idx), -1)  # (m, overlap)
+        y = b[idx, max(0, -dy):size + min(0, -dy), max(0, -dx):size + min(0, -dx)].reshape(len(idx), -1)
+        x = x - x.mean(1, keepdims=True)
+        y = y - y.mean(1, keepdims=True)
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-6)  # (m,)
+        out[idx] = np.maximum(out[idx], cos)
     return out
 
 
