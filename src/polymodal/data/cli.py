@@ -265,7 +265,10 @@ def filter_(
              f"(read it with jsonl:{report['out']}); {field} threshold {report['threshold']}",
              f"every dropped record and why: {report['report']}"]
     if report["reasons"]:
-        lines += _table(sorted(report["reasons"].items(), key=lambda kv: -kv[1]), ("dropped because", "records"))
+        kinds: dict[str, int] = {}   # "near duplicate of 1234" -> "near duplicate": one row per kind, not per group
+        for reason, n in report["reasons"].items():
+            kinds[reason.split(" of ")[0]] = kinds.get(reason.split(" of ")[0], 0) + n
+        lines += _table(sorted(kinds.items(), key=lambda kv: -kv[1]), ("dropped because", "records"))
     _emit(report, as_json, "\n".join(lines))
 
 
