@@ -328,3 +328,12 @@ def test_caption_logprob_prefers_the_true_caption_after_training(tmp_path):
                         field="caption_logprob")
     kept = [json.loads(x)["id"] for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
     assert "a_swapped" not in kept and len(kept) == 2, rep
+
+
+def test_score_with_a_model_that_cannot_score_pairs_says_so(manifest):
+    import polymodal
+
+    model = polymodal.load("translator-tiny")           # encoder-decoder with a text tower: no pair score
+    assert not model.can_score_captions()
+    with pytest.raises(ConfigError, match="cannot score image-text pairs"):
+        Q.score(f"jsonl:{manifest}", model)
