@@ -73,6 +73,14 @@ def test_aligned_cosine_finds_the_shift():
     s = Q.aligned_cosine(np.stack([a, a]), np.stack([shifted, other]))
     assert s[0] > 0.99 and s[1] < 0.6
     assert Q.aligned_cosine(a[None], np.roll(a, 6, axis=1)[None], max_shift=4)[0] < 0.9  # beyond the window
+    # a batch mixing shifts (each pair's best shift differs): every copy found, each pair's value
+    # equal to the pair scored alone
+    shifts = [(0, 0), (1, -2), (-3, 4), (4, 1), (-1, -4)]
+    copies = np.stack([np.roll(np.roll(a, dx, axis=1), dy, axis=0) for dy, dx in shifts] + [other])
+    batch = Q.aligned_cosine(np.stack([a] * 6), copies)
+    assert (batch[:5] > 0.99).all() and batch[5] < 0.6
+    alone = [Q.aligned_cosine(a[None], c[None])[0] for c in copies]
+    assert batch == pytest.approx(alone, abs=1e-5)
 
 
 def test_neighbours_exact_and_faiss_agree():
@@ -257,3 +265,75 @@ def test_pick_threshold_known_answer(tmp_path):
     assert best == {"min_score": 0.4, "precision": 0.6667, "recall": 1.0, "f1": 0.8}
     m = Q.measure(truth, scores, min_score=0.15)
     assert m["swapped"]["precision"] == 1.0 and m["swapped"]["recall"] == 0.5
+
+
+def test_caption_logprob_is_the_teacher_forced_mean_token_logprob():
+    import torch
+
+    import polymodal
+
+    model = polymodal.load("captioner-tiny")                    # random weights: a known answer by hand
+    assert model.can_score_captions() and not polymodal.load("clip-tiny").can_score_captions()
+    imgs, texts = [_scene(A), _scene(C)], ["a red circle and a green square on a grey ground", "a circle"]
+    got = model.caption_logprob(imgs, texts)                    # one batch: the short text is padded
+    for img, text, g in zip(imgs, texts, got):
+        ids = model.processor.tokenize([text])["input_ids"]    # (1, T) [CLS] ... [SEP], no padding
+        with torch.no_grad():
+            logits = model.model(model.processor.process_images([img]), decoder_input_ids=ids).logits[0]
+        logp = logits.log_softmax(-1)                           # (T, V)
+        want = np.mean([float(logp[t, ids[0, t + 1]]) for t in range(ids.shape[1] - 1)])
+        assert g == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="one text per image"):
+        model.caption_logprob(imgs, texts[:1])
+
+
+def test_caption_logprob_prefers_the_true_caption_after_training(tmp_path):
+    """A tiny captioner trained a few steps on two matched pairs gives each image's own caption a
+    higher likelihood than the other's; `score` writes it as `caption_logprob`, `filter` uses it."""
+    import torch
+
+    import polymodal
+    from polymodal.train.objectives import LM
+
+    torch.manual_seed(0)
+    model = polymodal.load("captioner-tiny")
+    imgs, texts = [_scene(A), _scene(C, bg=(10, 80, 10))], ["a red circle and a green square", "one white circle"]
+    px = model.processor.process_images(imgs)
+    enc = model.processor.tokenize(texts)
+    batch = {"pixel_values": px, "decoder_input_ids": enc["input_ids"], "decoder_attention_mask": enc["attention_mask"]}
+    opt = torch.optim.AdamW(model.model.parameters(), lr=1e-3)
+    model.model.train()
+    for _ in range(30):
+        loss, _ = LM()(model.model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.model.eval()
+    lp = model.caption_logprob(imgs + imgs, texts + texts[::-1])   # matched, then swapped
+    assert lp[0] > lp[2] and lp[1] > lp[3]
+
+    im = tmp_path / "im"
+    im.mkdir()
+    for name, img in zip("ac", imgs):
+        img.save(im / f"{name}.png")
+    rows = [("a", "a.png", texts[0]), ("c", "c.png", texts[1]), ("a_swapped", "a.png", texts[1])]
+    spec = tmp_path / "m.jsonl"
+    spec.write_text("".join(json.dumps({"id": i, "image": f"im/{f}", "caption": c}) + "\n" for i, f, c in rows))
+    summary = Q.score(f"jsonl:{spec}", model, out=tmp_path / "s.jsonl")
+    got = {r["id"]: r for r in Q.read_scores(tmp_path / "s.jsonl")}
+    assert summary["caption_logprob"]["n"] == 3 and got["a"]["score"] is None   # a captioner: no cosine
+    assert got["a"]["caption_logprob"] == pytest.approx(float(lp[0]), abs=1e-4)
+    assert got["a_swapped"]["caption_logprob"] == pytest.approx(float(lp[2]), abs=1e-4)
+    rep = Q.filter_spec(f"jsonl:{spec}", tmp_path / "s.jsonl", tmp_path / "kept.jsonl", keep_top=0.6,
+                        field="caption_logprob")
+    kept = [json.loads(x)["id"] for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert "a_swapped" not in kept and len(kept) == 2, rep
+
+
+def test_score_with_a_model_that_cannot_score_pairs_says_so(manifest):
+    import polymodal
+
+    model = polymodal.load("translator-tiny")           # encoder-decoder with a text tower: no pair score
+    assert not model.can_score_captions()
+    with pytest.raises(ConfigError, match="cannot score image-text pairs"):
+        Q.score(f"jsonl:{manifest}", model)

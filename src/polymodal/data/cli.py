@@ -201,8 +201,9 @@ def _table(rows: list[tuple], header: tuple) -> list[str]:
 def score(
     spec: str = typer.Argument(..., help="dataset spec, e.g. jsonl:data/train.jsonl or shapes:DIR:captions:train"),
     out: Path = typer.Option(..., "--out", help="scores file to write (JSON Lines, one row per record)"),
-    model: Optional[str] = typer.Option(None, "--model", help="checkpoint dir or recipe whose image/text embeddings "
-                                        "(and ITM head) score the pairs; without it only the checks run"),
+    model: Optional[str] = typer.Option(None, "--model", help="checkpoint dir or recipe that scores the pairs: image/text "
+                                        "embeddings (cosine) and ITM head, or an encoder-decoder captioner's "
+                                        "likelihood (caption_logprob); without it only the checks run"),
     split: Optional[str] = typer.Option(None, "--split"),
     lang: Optional[str] = typer.Option(None, "--lang", help="expected language of the texts: en, zh (others are a problem)"),
     min_side: int = typer.Option(16, "--min-side", min=1, help="images with a side under this many pixels are a problem"),
@@ -213,7 +214,7 @@ def score(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON line"),
 ):
-    """Score every image-text pair: alignment (cosine, ITM) and checks (decodes, size, aspect, text)."""
+    """Score every image-text pair: alignment (cosine, ITM, or a captioner's likelihood) and checks (decodes, size, aspect, text)."""
     from polymodal.data.quality import score as run, spec_size
 
     loaded = _load_model(model)
@@ -228,6 +229,9 @@ def score(
     if report.get("itm"):
         s = report["itm"]
         lines.append(f"  ITM probability: min {s['min']}, median {s['median']}, max {s['max']}")
+    if report.get("caption_logprob"):
+        s = report["caption_logprob"]
+        lines.append(f"  captioner log-likelihood per token: min {s['min']}, median {s['median']}, max {s['max']}")
     if report["duplicate_texts"]:
         lines.append(f"  {report['duplicate_texts']} records repeat an earlier record's text")
     lines += _table(sorted(report["problems"].items(), key=lambda kv: -kv[1]), ("problem", "records")) \
@@ -242,7 +246,8 @@ def filter_(
     out: Path = typer.Option(..., "--out", help="new JSON Lines manifest to write (the original data are not touched)"),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="drop records whose score is under this"),
     keep_top: Optional[float] = typer.Option(None, "--keep-top", help="keep this best-scoring fraction (0 < P <= 1)"),
-    field: str = typer.Option("score", "--field", help="the scores file's column: score (cosine) or itm"),
+    field: str = typer.Option("score", "--field", help="the scores file's column: score (cosine), itm or "
+                                 "caption_logprob (a captioner's likelihood)"),
     dedup: Optional[Path] = typer.Option(None, "--dedup", help="a report from `polymodal data dedup --out`: "
                                          "also drop duplicates not kept and test leaks"),
     keep_problems: bool = typer.Option(False, "--keep-problems", help="keep records whose checks found problems"),
@@ -260,7 +265,10 @@ def filter_(
              f"(read it with jsonl:{report['out']}); {field} threshold {report['threshold']}",
              f"every dropped record and why: {report['report']}"]
     if report["reasons"]:
-        lines += _table(sorted(report["reasons"].items(), key=lambda kv: -kv[1]), ("dropped because", "records"))
+        kinds: dict[str, int] = {}   # "near duplicate of 1234" -> "near duplicate": one row per kind, not per group
+        for reason, n in report["reasons"].items():
+            kinds[reason.split(" of ")[0]] = kinds.get(reason.split(" of ")[0], 0) + n
+        lines += _table(sorted(kinds.items(), key=lambda kv: -kv[1]), ("dropped because", "records"))
     _emit(report, as_json, "\n".join(lines))
 
 
@@ -356,7 +364,8 @@ def measure_quality(
     scores: Optional[Path] = typer.Option(None, "--scores", help="scores file of the noisy manifest"),
     dedup: Optional[Path] = typer.Option(None, "--dedup", help="dedup report of the noisy manifest"),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="threshold under which a pair counts as swapped"),
-    field: str = typer.Option("score", "--field"),
+    field: str = typer.Option("score", "--field", help="the scores file's column: score (cosine), itm or "
+                              "caption_logprob"),
     pick: bool = typer.Option(False, "--pick-threshold", help="choose the --min-score that maximises F1 here "
                               "(do it on a noisy val split, then pass that value for the other splits)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON line"),

@@ -227,33 +227,41 @@ def score(spec, model=None, out: str | os.PathLike | None = None, split: str | N
     Args:
         spec: a dataset spec (polymodal.data.formats).
         model: a loaded model with `embed_images` / `embed_texts` (a dual encoder or a fusion
-            encoder with ITC), or None for the checks only. With `match` (an ITM head) and `itm`,
-            the matching probability too.
+            encoder with ITC), or an encoder-decoder captioner (`caption_logprob`), or None for
+            the checks only. With `match` (an ITM head) and `itm`, the matching probability too.
         out: the scores file (JSON Lines), or None to keep nothing but the summary.
         lang: the expected language of the texts ('en', 'zh'); others are a problem.
         min_side, max_aspect, max_words: the checks' limits.
 
     Returns:
-        the summary: {"records", "ok", "problems": {kind: count}, "score": {min, median, max}, "itm": ...}
+        the summary: {"records", "ok", "problems": {kind: count}, "score": {min, median, max}, "itm": ...,
+        "caption_logprob": ...}
 
     Each line: {"id", "where", "image", "ok", "problems", "width", "height", "aspect", "words",
-    "lang", "duplicate_text_of", "score", "itm"}; `score` is the mean cosine of the image with each
-    of its texts (null without a model or when the image is unreadable), `itm` the mean ITM
-    probability (null without an ITM head).
+    "lang", "duplicate_text_of", "score", "itm", "caption_logprob"}; `score` is the mean cosine of
+    the image with each of its texts (null without a model that embeds, or when the image is
+    unreadable), `itm` the mean ITM probability (null without an ITM head), `caption_logprob` the
+    mean over its texts of a captioner's mean per-token log-likelihood of the text given the image
+    (null without an encoder-decoder captioner).
     """
     if lang is not None and lang not in ("en", "zh", "other"):
         raise ConfigError(f"--lang {lang!r}: one of en, zh, other")
     has_itm = bool(itm and model is not None and getattr(model, "can_match", lambda: False)())
+    has_emb = model is not None and "embed_images" in getattr(model, "tasks", ("embed_images",))
+    has_lp = bool(model is not None and getattr(model, "can_score_captions", lambda: False)())
+    if model is not None and not (has_emb or has_itm or has_lp):
+        raise ConfigError(f"the --model ({getattr(model, 'kind', 'model')}) cannot score image-text pairs: give a "
+                          "dual encoder, a fusion encoder with ITC/ITM, or an encoder-decoder captioner")
     texts_seen: dict[str, str] = {}  # normalised text -> first record key
     kinds: dict[str, int] = {}
-    scores, itms = [], []
+    scores, itms, lps = [], [], []
     n = ok = dup_texts = 0
     sink = open(out, "w", encoding="utf-8") if out is not None else None
     try:
         for batch in iter_items(spec, split, batch_size):
             rows = [_checks(it, texts_seen, lang, min_side, max_aspect, max_words) for it in batch]
             if model is not None:
-                _model_scores(model, batch, rows, has_itm)
+                _model_scores(model, batch, rows, has_emb, has_itm, has_lp)
             for row in rows:
                 n += 1
                 ok += not row["problems"]
@@ -265,6 +273,8 @@ def score(spec, model=None, out: str | os.PathLike | None = None, split: str | N
                     scores.append(row["score"])
                 if row["itm"] is not None:
                     itms.append(row["itm"])
+                if row["caption_logprob"] is not None:
+                    lps.append(row["caption_logprob"])
                 if sink is not None:
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             if progress:
@@ -276,6 +286,8 @@ def score(spec, model=None, out: str | os.PathLike | None = None, split: str | N
     summary["score"] = _summary(scores)
     if has_itm:
         summary["itm"] = _summary(itms)
+    if has_lp:
+        summary["caption_logprob"] = _summary(lps)
     if out is not None:
         summary["out"] = str(out)
     return summary
@@ -296,7 +308,7 @@ def _checks(it: Item, texts_seen: dict, lang: str | None, min_side: int, max_asp
     row: dict[str, Any] = {"id": it.key, "where": it.where, "image": img if isinstance(img, str) else None,
                            "ok": True, "problems": list(it.problems), "width": None, "height": None,
                            "aspect": None, "words": None, "lang": None, "duplicate_text_of": None,
-                           "score": None, "itm": None}
+                           "score": None, "itm": None, "caption_logprob": None}
     if it.image is not None:
         w, h = it.image.size
         row.update(width=w, height=h, aspect=round(max(w, h) / max(min(w, h), 1), 3))
@@ -327,24 +339,32 @@ def _checks(it: Item, texts_seen: dict, lang: str | None, min_side: int, max_asp
     return row
 
 
-def _model_scores(model, batch: list[Item], rows: list[dict], has_itm: bool) -> None:
-    """Cosine (and ITM probability) of every readable item with its non-empty texts."""
+def _model_scores(model, batch: list[Item], rows: list[dict], has_emb: bool, has_itm: bool, has_lp: bool) -> None:
+    """Cosine, ITM probability and captioner log-likelihood (those the model has) of every
+    readable item with its non-empty texts."""
     live = [(it, row, [t for t in record_texts(it.record)]) for it, row in zip(batch, rows)
             if it.image is not None and it.record is not None]
     live = [(it, row, [t for t in ts if t.strip()]) for it, row, ts in live]
     live = [x for x in live if x[2]]
     if not live:
         return
-    img_emb = np.asarray(model.embed_images([it.image for it, _, _ in live]))  # (B, E)
     flat = [t for _, _, ts in live for t in ts]
     owner = np.repeat(np.arange(len(live)), [len(ts) for _, _, ts in live])
-    txt_emb = np.asarray(model.embed_texts(flat))  # (T, E)
-    cos = (txt_emb * img_emb[owner]).sum(1)  # (T,)
-    probs = np.asarray(model.match([live[o][0].image for o in owner], flat)) if has_itm else None
+    cos = None
+    if has_emb:
+        img_emb = np.asarray(model.embed_images([it.image for it, _, _ in live]))  # (B, E)
+        txt_emb = np.asarray(model.embed_texts(flat))  # (T, E)
+        cos = (txt_emb * img_emb[owner]).sum(1)  # (T,)
+    paired = [live[o][0].image for o in owner]
+    probs = np.asarray(model.match(paired, flat)) if has_itm else None
+    lp = np.asarray(model.caption_logprob(paired, flat)) if has_lp else None  # (T,)
     for j, (_, row, _) in enumerate(live):
-        row["score"] = round(float(cos[owner == j].mean()), 5)
+        if cos is not None:
+            row["score"] = round(float(cos[owner == j].mean()), 5)
         if probs is not None:
             row["itm"] = round(float(probs[owner == j].mean()), 5)
+        if lp is not None:
+            row["caption_logprob"] = round(float(lp[owner == j].mean()), 5)
 
 
 def read_scores(path: str | os.PathLike) -> list[dict]:
@@ -538,19 +558,28 @@ def aligned_cosine(a: np.ndarray, b: np.ndarray, max_shift: int = 4) -> np.ndarr
     come from the cross-correlation (FFT); the overlap cosine is computed exactly at each."""
     a = a.astype(np.float32) - a.mean((1, 2), keepdims=True, dtype=np.float32)
     b = b.astype(np.float32) - b.mean((1, 2), keepdims=True, dtype=np.float32)
+    from scipy import fft
+
     p, size, r = a.shape[0], a.shape[1], max_shift
-    n = size + r  # zero padding: no wrap-around within r
-    corr = np.fft.irfft2(np.fft.rfft2(a, s=(n, n)) * np.conj(np.fft.rfft2(b, s=(n, n))), s=(n, n))  # (P, n, n)
+    # zero padding to at least size + r: no wrap-around within r; a 2-3-5-smooth length is ~2x
+    # faster than 68 = 4 x 17 (scipy.fft, 3,000 pairs of 64 px: 1.3 s at 72 against 2.9 s with numpy at 68)
+    n = fft.next_fast_len(size + r, real=True)
+    corr = fft.irfft2(fft.rfft2(a, s=(n, n)) * np.conj(fft.rfft2(b, s=(n, n))), s=(n, n))  # (P, n, n)
     rows = np.r_[n - r:n, 0:r + 1]
     win = corr[:, rows][:, :, rows].reshape(p, -1)  # (P, (2r+1)^2): shifts -r..r in y and x
+    top = np.argsort(-win, axis=1)[:, :3]  # (P, 3): each pair's best three shifts
     out = np.full(p, -1.0, np.float32)
-    for i in range(p):
-        for q in np.argsort(-win[i])[:3]:
-            dy, dx = (int(v) - r for v in divmod(int(q), 2 * r + 1))
-            x = a[i, max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)]
-            y = b[i, max(0, -dy):size + min(0, -dy), max(0, -dx):size + min(0, -dx)]
-            x, y = x - x.mean(), y - y.mean()
-            out[i] = max(out[i], float((x * y).sum() / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-6)))
+    # One batched overlap cosine per distinct shift (at most (2r+1)^2), not one per pair: the
+    # pairs that share a shift share the overlap's slices.
+    for q in np.unique(top):
+        dy, dx = (int(v) - r for v in divmod(int(q), 2 * r + 1))
+        idx = np.flatnonzero((top == q).any(1))
+        x = a[idx, max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)].reshape(len(idx), -1)  # (m, overlap)
+        y = b[idx, max(0, -dy):size + min(0, -dy), max(0, -dx):size + min(0, -dx)].reshape(len(idx), -1)
+        x = x - x.mean(1, keepdims=True)
+        y = y - y.mean(1, keepdims=True)
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-6)  # (m,)
+        out[idx] = np.maximum(out[idx], cos)
     return out
 
 

@@ -153,6 +153,13 @@ class LoadedModel:
     def match(self, images: Sequence[Any], texts: Sequence[str]):
         self._unsupported("match images with texts (it has no image-text matching head)")
 
+    def can_score_captions(self) -> bool:
+        """Whether `caption_logprob` (a captioner's likelihood of a text given its image) works."""
+        return False
+
+    def caption_logprob(self, images: Sequence[Any], texts: Sequence[str]):
+        self._unsupported("score captions by their likelihood (it is not an encoder-decoder captioner)")
+
     def translate(self, images: Sequence[Any], texts: Sequence[str], **generation) -> list[str]:
         self._unsupported("translate")
 

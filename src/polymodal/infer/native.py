@@ -12,7 +12,7 @@ from polymodal.errors import ConfigError
 from polymodal.infer.inputs import as_image_list, check_labels, check_texts, chunks
 from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
                                     LoadedModel)
-from polymodal.models.families import FusionEncoder
+from polymodal.models.families import EncoderDecoder, FusionEncoder
 from polymodal.tasks import get_task, offered_methods
 
 
@@ -120,6 +120,35 @@ class NativeModel(LoadedModel):
             with self._autocast():
                 out = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
             yield idx, out
+
+    def can_score_captions(self) -> bool:
+        return isinstance(self.model, EncoderDecoder) and self.model.text is None
+
+    @torch.no_grad()
+    def caption_logprob(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+        """Mean per-token log-likelihood (N,) of each text given its image under an encoder-decoder
+        captioner: teacher forcing on [BOS] w1 ... wn [EOS] (tokenised as in training), the
+        log-probability of each of w1 ... [EOS] given the image and the tokens before it, padding
+        masked, averaged over the text's tokens. One forward pass per `batch_size` pairs. The
+        "captioner likelihood" filter: a caption that belongs to another image is unlikely."""
+        if not self.can_score_captions():
+            self._unsupported("score captions by their likelihood (it is not an encoder-decoder captioner)")
+        images = as_image_list(images)
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
+        check_texts(texts, "caption")
+        out = []
+        for idx in chunks(range(len(images)), self.batch_size):
+            enc = self._tokens([texts[i] for i in idx])
+            ids, mask = enc["input_ids"], enc["attention_mask"]                          # (B, T)
+            with self._autocast():
+                logits = self.model(self._pixels([images[i] for i in idx]), decoder_input_ids=ids,
+                                    decoder_attention_mask=mask).logits                  # (B, T, V)
+            logp = logits[:, :-1].float().log_softmax(-1)                                # (B, T-1, V)
+            tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)                          # (B, T-1)
+            keep = mask[:, 1:].float()                                                   # padding: 0
+            out.append(((tok * keep).sum(1) / keep.sum(1).clamp(min=1)).cpu())
+        return torch.cat(out).numpy()
 
     def _fusion_probs(self, images, texts) -> torch.Tensor:
         return torch.cat([o.logits.float().softmax(-1).cpu() for _, o in self._paired(images, texts)])
