@@ -20,6 +20,7 @@ CASES = [(name, {}) for name in FUSIONS.names()] + [
     ("attention", {"co_attention": True, "layers": 2}),
     ("cross_transformer", {"pool": "mean"}),
     ("projection", {"activation": "gelu", "norm": False}),
+    ("hop_attention", {"compare": True}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 
@@ -261,3 +262,23 @@ def test_recording_attention_changes_nothing_and_gives_probabilities(name, kwarg
     # outside the block nothing is recorded any more
     m(image, text)
     assert all(getattr(x, "attention_record", None) is None for x in m.modules())
+
+
+def test_compare_reads_the_object_heads_and_the_words():
+    """hop_attention's compare term: the output moves with what the object heads read
+    (`Features.attributes`) and with the words' input embeddings; a width mismatch is a ConfigError."""
+    torch.manual_seed(0)
+    fusion = FUSIONS.build({"type": "hop_attention", "dim": DIM, "compare": True}, "model.fusion",
+                           image_dim=IMAGE_DIM, text_dim=TEXT_DIM, attribute_dim=4).eval()
+    image, text = inputs()
+    g = torch.Generator().manual_seed(5)
+    image.attributes = torch.rand(B, N, 4, generator=g)
+    text.embeddings = torch.randn(B, T, TEXT_DIM, generator=g)
+    base = fusion(image, text).pooled
+    other = Features(image.tokens, image.mask, image.pooled, attributes=torch.rand(B, N, 4, generator=g))
+    assert not torch.allclose(fusion(other, text).pooled, base)
+    words = Features(text.tokens, text.mask, text.pooled, embeddings=torch.randn(B, T, TEXT_DIM, generator=g))
+    assert not torch.allclose(fusion(image, words).pooled, base)
+    image.attributes = torch.rand(B, N, 3)
+    with pytest.raises(ConfigError, match="built for 4"):
+        fusion(image, text)

@@ -497,8 +497,9 @@ class HopAttentionFusion(Fusion):
     With `compare`, a comparison term is added to the pooled output: the question's words — the
     mean of their input embeddings (`Features.embeddings`), before the text tower's context —
     times what the first and last hop found *in symbols*: their positions, their difference, the
-    first hop's count as a soft one-hot and, when the model has object heads (`Features.attributes`), the attributes the heads read where
-    each hop looks, with their difference and product. Measured on the demo's VQA model
+    first hop's count as a soft one-hot and, when the model has object heads
+    (`Features.attributes`), the attributes the heads read where each hop looks, with their
+    difference and product. Measured on the demo's VQA model
     (docs/results.md): its hops put the two named objects in the right order on the asked axis
     in 99% of relation questions and read both sizes right in 98% of size questions, yet
     relation and size answers stayed at chance; a readout trained on those frozen features
@@ -571,7 +572,7 @@ class HopAttentionFusion(Fusion):
         keys, values = self.img_key(img), self.img_value(img)
         tm = txt_mask.unsqueeze(-1).to(txt.dtype)
         bag = (txt * tm).sum(1) / tm.sum(1).clamp_min(1.0)       # (B, dim) mean of the words
-        found, where, logits_all, parts, reads = img.new_zeros(b, d), [], [], [cls], []
+        found, where, logits_all, parts, reads, counts = img.new_zeros(b, d), [], [], [cls], [], []
         for k in range(self.hops):
             # which words name this hop's object
             w = (txt @ (self.hop_queries[k] + found).unsqueeze(-1)).squeeze(-1) / math.sqrt(d)  # (B, T)
@@ -590,6 +591,7 @@ class HopAttentionFusion(Fusion):
             count = (torch.sigmoid(logits) * img_mask).sum(-1, keepdim=True)                     # (B, 1)
             parts += [found, xy, count]
             where.append((found, xy))
+            counts.append(count)
             if self.attribute_dim:
                 reads.append((a.unsqueeze(1) @ self._attributes(image)).squeeze(1))             # (B, A)
             logits_all.append(logits)
@@ -600,7 +602,7 @@ class HopAttentionFusion(Fusion):
                   self.question_geometry(question) * self.geometry_factor(torch.cat([p0 - p1, p0, p1], -1))]
         pooled = self.readout(torch.cat(parts, -1))                                              # (B, dim)
         if self.compare_words is not None:
-            pooled = pooled + self._compare(text, txt_mask, p0, p1, parts[3], reads)
+            pooled = pooled + self._compare(text, txt_mask, p0, p1, counts[0], reads)
         tokens = self.tokens_out(torch.cat([txt, pooled.unsqueeze(1).expand_as(txt)], -1))      # (B, T, dim)
         out = self._output(tokens, txt_mask, pooled)
         out.attention = torch.stack(logits_all, 1)                                               # (B, K, N)
@@ -618,8 +620,9 @@ class HopAttentionFusion(Fusion):
         words = text.embeddings
         if words is None or words.shape[-1] != self.text_dim:  # a tower without word embeddings of its width
             words = text.tokens
-        tm = txt_mask.unsqueeze(-1).to(words.dtype)
-        bag = (words * tm).sum(1) / tm.sum(1).clamp_min(1.0)                                  # (B, D_text)
+        tm = txt_mask.unsqueeze(-1)
+        words = words.masked_fill(~tm, 0.0)                                                    # padding: anything
+        bag = words.sum(1) / tm.sum(1).clamp_min(1).to(words.dtype)                            # (B, D_text)
         centres = count.new_tensor(self.COUNT_CENTRES)
         symbols = [p0 - p1, p0, p1, torch.exp(-2.0 * (count - centres) ** 2)]  # count: width 0.5
         if reads:
