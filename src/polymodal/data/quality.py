@@ -764,6 +764,9 @@ def find_duplicates(spec, against=None, split: str | None = None, against_split:
     links, method = _near_links(f, None, hash_distance, cosine, aligned, k, index_min)
     for i, j in links:
         near.join(i, j)
+    evidence: dict[int, list] = {}  # each near group's links, bucketed once (not one scan of all links per group)
+    for (i, j), e in links.items():
+        evidence.setdefault(near.find(i), []).append([f.keys[i], f.keys[j], e])
     for kind, uf in (("exact", exact), ("near", near)):
         members: dict[int, list[int]] = {}
         for i in range(n):
@@ -771,8 +774,7 @@ def find_duplicates(spec, against=None, split: str | None = None, against_split:
         for root, ms in members.items():
             if len(ms) < 2 or (kind == "near" and all(exact.find(m) == exact.find(root) for m in ms)):
                 continue  # an exact group is listed once, as exact
-            ev = [[f.keys[i], f.keys[j], e] for (i, j), e in links.items() if near.find(i) == root] \
-                if kind == "near" else []
+            ev = evidence.get(root, []) if kind == "near" else []
             groups.append({"kind": kind, "kept": f.keys[ms[0]], "members": [f.keys[m] for m in ms], "links": ev})
     if captions:
         by_text: dict[str, list[int]] = {}
