@@ -33,8 +33,9 @@ def _rng(item: dict) -> random.Random:
 
 
 def _caption_list(item: dict, field: str) -> list[str]:
-    """Every caption of an item under `field` ("a+b" joins several lists)."""
-    return [c for f in field.split("+") for c in (item.get(f) or [])]
+    """Every caption of an item under `field` ("a+b" joins several lists; a field that is not a list
+    gives none)."""
+    return [c for f in field.split("+") for c in (item.get(f) if isinstance(item.get(f), list) else [])]
 
 
 def pick_caption(item: dict, field: str = "captions") -> str:
@@ -42,7 +43,7 @@ def pick_caption(item: dict, field: str = "captions") -> str:
 
     `field` may join several lists with "+": "captions+captions_zh" picks among both languages.
     """
-    caps = [c for f in field.split("+") for c in (item.get(f) or [])] if "+" in field else item.get(field)
+    caps = _caption_list(item, field) if "+" in field else item.get(field)
     if isinstance(caps, list) and caps:
         return _rng(item).choice(caps)
     if field == "captions" and isinstance(item.get("caption"), str):

@@ -38,14 +38,13 @@ def explain(loaded, images: Sequence[Any], texts: Sequence[str] | None = None, m
     Returns:
         one `Explanation` per image; its `image` is set where the image was given as a path.
     """
-    from polymodal.infer.inputs import as_image_list, check_texts, read_image
+    from polymodal.infer.inputs import as_image_list, check_pairs, check_texts, read_image
 
     items = as_image_list(images)
     pils = [read_image(im, i) for i, im in enumerate(items)]
     if texts is not None:
         texts = check_texts([texts] if isinstance(texts, str) else list(texts), "text")
-        if len(texts) != len(pils):
-            raise ValueError(f"got {len(pils)} images but {len(texts)} texts; give one text per image")
+        check_pairs(pils, texts)
     out = _backend(loaded)(loaded, pils, texts, method, target=target, max_new_tokens=max_new_tokens)
     for item, ex in zip(items, out):
         ex.image = str(item) if isinstance(item, (str,)) or hasattr(item, "__fspath__") else None

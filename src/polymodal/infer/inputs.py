@@ -88,6 +88,12 @@ def check_texts(texts: Any, what: str = "text") -> list[str]:
     return texts
 
 
+def check_pairs(images: Sequence, texts: Sequence, what: str = "text") -> None:
+    """One text per image: a ValueError naming both counts otherwise."""
+    if len(images) != len(texts):
+        raise ValueError(f"got {len(images)} images but {len(texts)} {what}s; give one {what} per image")
+
+
 def check_labels(labels: Any) -> list[str]:
     """Class names for zero-shot classification: at least one, each a text, none twice."""
     labels = check_texts(labels, "label")

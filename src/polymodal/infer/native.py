@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from polymodal.errors import ConfigError
-from polymodal.infer.inputs import as_image_list, check_labels, check_texts, chunks
+from polymodal.infer.inputs import as_image_list, check_labels, check_pairs, check_texts, chunks
 from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
                                     LoadedModel)
 from polymodal.models.families import EncoderDecoder, FusionEncoder
@@ -114,8 +114,7 @@ class NativeModel(LoadedModel):
 
     def _paired(self, images, texts):
         """The model's outputs on (image, text) pairs, a batch at a time: yields (indices, output)."""
-        if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
+        check_pairs(images, texts)
         for idx in chunks(range(len(images)), self.batch_size):
             with self._autocast():
                 out = self.model(self._pixels([images[i] for i in idx]), **self._tokens([texts[i] for i in idx]))
@@ -134,8 +133,7 @@ class NativeModel(LoadedModel):
         if not self.can_score_captions():
             self._unsupported("score captions by their likelihood (it is not an encoder-decoder captioner)")
         images = as_image_list(images)
-        if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one text per image")
+        check_pairs(images, texts)
         check_texts(texts, "caption")
         out = []
         for idx in chunks(range(len(images)), self.batch_size):
@@ -179,8 +177,7 @@ class NativeModel(LoadedModel):
         if "answer" not in self.tasks:
             self._unsupported("answer questions")
         images = as_image_list(images)
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
+        check_pairs(images, questions, "question")
         check_texts(questions, "question")
         if isinstance(self.model, FusionEncoder):
             probs = self._fusion_probs(images, list(questions))

@@ -573,6 +573,7 @@ class HopAttentionFusion(Fusion):
         tm = txt_mask.unsqueeze(-1).to(txt.dtype)
         bag = (txt * tm).sum(1) / tm.sum(1).clamp_min(1.0)       # (B, dim) mean of the words
         found, where, logits_all, parts, reads, counts = img.new_zeros(b, d), [], [], [cls], [], []
+        attributes = self._attributes(image) if self.attribute_dim else None                     # (B, N, A)
         for k in range(self.hops):
             # which words name this hop's object
             w = (txt @ (self.hop_queries[k] + found).unsqueeze(-1)).squeeze(-1) / math.sqrt(d)  # (B, T)
@@ -592,8 +593,8 @@ class HopAttentionFusion(Fusion):
             parts += [found, xy, count]
             where.append((found, xy))
             counts.append(count)
-            if self.attribute_dim:
-                reads.append((a.unsqueeze(1) @ self._attributes(image)).squeeze(1))             # (B, A)
+            if attributes is not None:
+                reads.append((a.unsqueeze(1) @ attributes).squeeze(1))                           # (B, A)
             logits_all.append(logits)
         (f0, p0), (f1, p1) = where[0], where[-1]
         question = torch.cat([cls, bag], -1)                                                     # (B, 2 dim)
