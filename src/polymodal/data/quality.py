@@ -38,6 +38,7 @@ from PIL import Image, ImageEnhance
 
 from polymodal.data.formats import Entry, open_dataset, record_to_json, write_jsonl
 from polymodal.data.images import MAX_PIXELS, load_image
+from polymodal.data.tools import words
 from polymodal.errors import ConfigError, DataError
 from polymodal.jsonl import jsonl_rows
 
@@ -138,12 +139,6 @@ def language(text: str) -> str:
     if cjk / len(letters) >= 0.5:
         return "zh"
     return "en" if sum(c.isascii() for c in letters) / len(letters) >= 0.9 else "other"
-
-
-def words(text: str) -> int:
-    """Words of a text; Chinese (no spaces) counts characters."""
-    n = len(text.split())
-    return n if n > 1 or text.isascii() else len(text.strip())
 
 
 # ----------------------------------------------------------------------------------------

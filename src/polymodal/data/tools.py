@@ -104,10 +104,14 @@ def _summary(values: list[float]) -> dict:
             "max": max(values)}
 
 
+def words(text: str) -> int:
+    """Words of a text; Chinese (no spaces) counts characters."""
+    n = len(text.split())
+    return n if n > 1 or text.isascii() else len(text.strip())
+
+
 def _length(text: str) -> tuple[int, int]:
-    words = text.split()
-    # Chinese has no spaces: count characters as words there
-    return (len(words) if len(words) > 1 or text.isascii() else len(text.strip())), len(text)
+    return words(text), len(text)
 
 
 def stats(spec, split: str | None = None, max_images: int = 1000, top: int = 20) -> dict:
