@@ -20,7 +20,7 @@ from torch import nn
 
 from polymodal.errors import ConfigError
 from polymodal.models.base import Component, Features, build, select
-from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead
+from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead, SetPool
 from polymodal.registry import DECODERS, FUSIONS, MODELS, TEXT, VISION
 
 
@@ -86,10 +86,21 @@ class _Towers(Component):
 
 class _ContrastiveSpace:
     """The shared image-text (ITC) space of the dual and fusion encoders: `image_proj` /
-    `text_proj` of the towers' pooled features, L2-normalised."""
+    `text_proj` of the towers' pooled features, L2-normalised. With `image_pool: set` the image
+    side pools its tokens through `SetPool` (an MLP per token, then the mean) instead."""
+
+    def _build_space(self, embed_dim: int, init_temperature: float, image_pool: str):
+        if image_pool not in ("mean", "set"):
+            raise ConfigError(f"model.spec.image_pool must be 'mean' (the tower's pooled feature) or 'set' "
+                              f"(an MLP per image token, then the mean), got {image_pool!r}")
+        self.image_pool = SetPool(self.vision.dim, self.attribute_dim) if image_pool == "set" else None
+        self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
+        self.text_proj = ProjectionHead(self.text.dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def image_embeds(self, image: Features) -> torch.Tensor:
-        return F.normalize(self.image_proj(image.pooled), dim=-1)
+        pooled = self.image_pool(image) if self.image_pool is not None else image.pooled
+        return F.normalize(self.image_proj(pooled), dim=-1)
 
     def text_embeds(self, text: Features) -> torch.Tensor:
         return F.normalize(self.text_proj(text.pooled), dim=-1)
@@ -123,19 +134,20 @@ class DualEncoder(_ContrastiveSpace, _Towers):
         init_temperature: initial softmax temperature (CLIP: 0.07); learned as log(1/T).
         object_attributes, attribute_tokens: object heads on the image tokens and what they read
             added to the tokens before pooling (as in `fusion_encoder`).
+        image_pool: "mean" (a linear map of the tower's pooled feature, CLIP's) or "set" (an MLP
+            of each token with its place and the heads' reading, then the mean: `SetPool`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
     tasks = ("pretrain", "retrieval", "classification")
 
     def __init__(self, vision: dict, text: dict, embed_dim: int = 256, init_temperature: float = 0.07,
-                 object_attributes: dict[str, list[str]] | None = None, attribute_tokens: bool = False):
+                 object_attributes: dict[str, list[str]] | None = None, attribute_tokens: bool = False,
+                 image_pool: str = "mean"):
         super().__init__()
         self._build_towers(vision, text)
         self._build_object_heads(object_attributes, attribute_tokens)
-        self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
-        self.text_proj = ProjectionHead(self.text.dim, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self._build_space(embed_dim, init_temperature, image_pool)
         self.embed_dim = embed_dim
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
@@ -184,6 +196,7 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         attribute_tokens: add what the object heads read on each token (their softmax, through a
             linear map) to the tokens the fusion and the ITC projection see, so a question word
             can look for the attribute it names directly (needs `object_attributes`).
+        image_pool: how the ITC space pools the image tokens, "mean" or "set" (as in `dual_encoder`).
     """
 
     #: the built-in tasks (polymodal.tasks) this family serves
@@ -192,7 +205,7 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
     def __init__(self, vision: dict, text: dict, fusion: dict, labels: list | None = None, itm: bool = False,
                  mlm_vocab_size: int = 0, embed_dim: int = 0, classifier_hidden: int | None = None,
                  init_temperature: float = 0.07, object_attributes: dict[str, list[str]] | None = None,
-                 attribute_tokens: bool = False):
+                 attribute_tokens: bool = False, image_pool: str = "mean"):
         super().__init__()
         self._build_towers(vision, text)
         self._build_object_heads(object_attributes, attribute_tokens)
@@ -206,18 +219,9 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
         self.itm_head = nn.Linear(d, 2) if itm else None
         self.mlm_head = MLMHead(d, mlm_vocab_size) if mlm_vocab_size else None
         if embed_dim:
-            self.image_proj = ProjectionHead(self.vision.dim, embed_dim)
-            self.text_proj = ProjectionHead(self.text.dim, embed_dim)
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+            self._build_space(embed_dim, init_temperature, image_pool)
         else:
-            self.image_proj = self.text_proj = self.logit_scale = None
-
-    def fuse(self, image: Features, text: Features,
-             object_logits: dict[str, torch.Tensor] | None = None) -> Features:
-        """The fusion of the towers' image and text features (`read_attributes` first: with
-        `attribute_tokens` the fusion sees what the object heads read, `object_logits`, computed
-        when not given)."""
-        return self.fusion(self.read_attributes(image, object_logits), text)
+            self.image_proj = self.text_proj = self.logit_scale = self.image_pool = None
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, image_features: Features | None = None,
@@ -230,10 +234,11 @@ class FusionEncoder(_ContrastiveSpace, _Towers):
             image = select(image, image_index)
         text = text_features if text_features is not None else self.text(input_ids, attention_mask)
         object_logits = self.object_logits(image)
-        fused = self.fuse(image, text, object_logits)
+        read = self.read_attributes(image, object_logits)   # what the fusion and the ITC space see
+        fused = self.fusion(read, text)
         img_e = txt_e = scale = None
-        if self.image_proj is not None:
-            img_e, txt_e = self.image_embeds(image), self.text_embeds(text)
+        if self.image_proj is not None:   # as `encode_image` embeds at inference
+            img_e, txt_e = self.image_embeds(read), self.text_embeds(text)
             scale = self.logit_scale.exp().clamp(max=100.0)
         return FusionEncoderOutput(
             fused=fused,

@@ -30,6 +30,41 @@ class ProjectionHead(nn.Module):
         return self.proj(x)
 
 
+class SetPool(nn.Module):
+    """Deep Sets pooling (Zaheer et al., 2017) of image tokens for the contrastive space: the
+    tower's pooled feature plus the mean over real tokens of an MLP of each token, its (x, y) place
+    and what the object heads read on it.
+
+    The default pooling (a linear map of the tokens' mean) can only add what each token holds;
+    an MLP per token first can bind what sits at one place ("red" and "circle" on the same
+    token), so the mean becomes a bag of objects rather than a bag of colours and a bag of shapes.
+    The MLP's last layer starts at zero, so the pool starts as the tower's own pooled feature
+    (a random MLP's mean over many tokens is nearly the same for every image, and learning from
+    there was slow: docs/results.md). (B, N, D) tokens -> (B, D).
+    """
+
+    def __init__(self, dim: int, attribute_dim: int = 0, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 2 * dim
+        self.attribute_dim = attribute_dim
+        self.net = nn.Sequential(nn.Linear(dim + 2 + attribute_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, image) -> torch.Tensor:
+        x = image.tokens
+        b, n, _ = x.shape
+        pos = image.positions if image.positions is not None else x.new_full((n, 2), 0.5)
+        parts = [x, (pos if pos.dim() == 3 else pos.expand(b, n, 2)).to(x.dtype)]
+        if self.attribute_dim:
+            if image.attributes is None:
+                raise ValueError("SetPool was built to read the object heads' attributes, but the image "
+                                 "features carry none")
+            parts.append(image.attributes.to(x.dtype))
+        keep = image.mask.unsqueeze(-1).to(x.dtype)
+        return image.pooled + (self.net(torch.cat(parts, -1)) * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
 class MLMHead(nn.Module):
     """Masked-token prediction on fused text tokens: (B, T, D) -> (B, T, V)."""
 
