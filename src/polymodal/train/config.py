@@ -80,7 +80,7 @@ class LoraConfig:
     dropout: float = bounded(0.0, ge=0, lt=1)
     target_modules: list = field(default_factory=lambda: ["query", "value", "c_attn"])
     train_also: list = field(default_factory=lambda: ["classifier", "itm_head", "mlm_head", "image_proj",
-                                                      "text_proj", "logit_scale"])
+                                                      "image_pool", "text_proj", "logit_scale"])
 
 
 @dataclass
@@ -97,6 +97,9 @@ class ModelConfig:
             model does not have, or whose shape differs (a new answer vocabulary), are skipped.
         freeze: top-level parts (vision, text, fusion, decoder, ...) or dotted paths kept fixed.
         lora: train LoRA adapters instead of the full weights.
+        feature_cache_gb: when the image tower is frozen whole, its features for each image are
+            computed once and kept in memory (keyed by the image's pixels) up to this many GiB,
+            so later epochs and validation reuse them; 0 turns the cache off.
     """
 
     recipe: str | None = None
@@ -106,6 +109,7 @@ class ModelConfig:
     init_from: str | None = None
     freeze: list = field(default_factory=list)
     lora: LoraConfig | None = None
+    feature_cache_gb: float = bounded(2.0, ge=0)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from polymodal.tasks import Task, get_task
 from polymodal.train import _data, run_dir
 from polymodal.train.checkpointing import Checkpointer, TrainState
 from polymodal.train.config import RunConfig, config_source, load_run_config
+from polymodal.train.feature_cache import cached_frozen_towers
 from polymodal.train.freezing import frozen_modules
 from polymodal.train.optim import adamw, lr_factor, param_groups
 from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
@@ -81,40 +82,41 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     _train_mode(model, frozen)
 
     # ---- the loop ---------------------------------------------------------------------------------
-    while state.step < r.total_steps and not stopped:
-        for batch in _epoch_loader(r, state, acc.device):
-            with acc.accumulate(model):
-                with acc.autocast():
-                    loss, logs = losses(r.objectives, model, batch)
-                acc.backward(loss)
-                if acc.sync_gradients and opt.clip_grad_norm:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            logbook.add(logs)
-            state.micro_in_epoch += 1
-            if not acc.sync_gradients:
-                continue
-            if not acc.optimizer_step_was_skipped:  # fp16 overflow: the lr waits too
-                scheduler.step()
-            state.step += 1
-            state.samples += global_batch
-            logbook.step(state, scheduler.get_last_lr()[0], grad_norm if opt.clip_grad_norm else None, global_batch)
-            at_end = state.step >= r.total_steps
-            with logbook.aside():  # samples/s counts training time only
-                # ---- evaluate ---------------------------------------------------------------------
-                if r.val_set is not None and (at_end or (val_every and state.step % val_every == 0)):
-                    stopped = _validate(r, model if ckpt.sharded else acc.unwrap_model(model), ckpt, state,
-                                        frozen, logbook)
-                # ---- checkpoint -------------------------------------------------------------------
-                if at_end or stopped or (cfg.checkpointing.every and state.step % cfg.checkpointing.every == 0):
-                    last_ckpt = ckpt.save(state.step, model, optimizer, scheduler, state)
-                    logbook.flush()
-            if at_end or stopped:
-                break
-        else:  # the epoch ran out
-            state.epoch += 1
-            state.micro_in_epoch = 0
+    with cached_frozen_towers(r.setup.base, cfg.model.feature_cache_gb):   # a frozen image tower runs once an image
+        while state.step < r.total_steps and not stopped:
+            for batch in _epoch_loader(r, state, acc.device):
+                with acc.accumulate(model):
+                    with acc.autocast():
+                        loss, logs = losses(r.objectives, model, batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and opt.clip_grad_norm:
+                        grad_norm = acc.clip_grad_norm_(model.parameters(), opt.clip_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                logbook.add(logs)
+                state.micro_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                if not acc.optimizer_step_was_skipped:  # fp16 overflow: the lr waits too
+                    scheduler.step()
+                state.step += 1
+                state.samples += global_batch
+                logbook.step(state, scheduler.get_last_lr()[0], grad_norm if opt.clip_grad_norm else None, global_batch)
+                at_end = state.step >= r.total_steps
+                with logbook.aside():  # samples/s counts training time only
+                    # ---- evaluate ---------------------------------------------------------------------
+                    if r.val_set is not None and (at_end or (val_every and state.step % val_every == 0)):
+                        stopped = _validate(r, model if ckpt.sharded else acc.unwrap_model(model), ckpt, state,
+                                            frozen, logbook)
+                    # ---- checkpoint -------------------------------------------------------------------
+                    if at_end or stopped or (cfg.checkpointing.every and state.step % cfg.checkpointing.every == 0):
+                        last_ckpt = ckpt.save(state.step, model, optimizer, scheduler, state)
+                        logbook.flush()
+                if at_end or stopped:
+                    break
+            else:  # the epoch ran out
+                state.epoch += 1
+                state.micro_in_epoch = 0
 
     logbook.close()
     skipped = {split: report for split, data in (("train", r.train_set), ("val", r.val_set))
