@@ -283,6 +283,10 @@ def test_caption_logprob_is_the_teacher_forced_mean_token_logprob():
         logp = logits.log_softmax(-1)                           # (T, V)
         want = np.mean([float(logp[t, ids[0, t + 1]]) for t in range(ids.shape[1] - 1)])
         assert g == pytest.approx(want, abs=1e-4)
+    # an image given twice in a batch is encoded once, with the same result
+    again = model.caption_logprob([imgs[0], imgs[1], imgs[0]], [texts[0], texts[1], texts[1]])
+    assert again[:2] == pytest.approx(got, abs=1e-5)
+    assert again[2] == pytest.approx(model.caption_logprob([imgs[0]], [texts[1]])[0], abs=1e-5)
     with pytest.raises(ValueError, match="one text per image"):
         model.caption_logprob(imgs, texts[:1])
 

@@ -243,3 +243,47 @@ def test_question_only_baseline_never_learns_from_the_scored_records(tmp_path):
     preds = _write(tmp_path / "p.jsonl", [{"question_id": str(i), "answer": "no"} for i in range(3)])
     res = evaluate("vqa", data, predictions=preds, baseline=True)
     assert "baseline" in res and "blind" not in res
+
+
+def test_retrieval_reranked_by_a_captioner(world, tmp_path):
+    """`--rerank`: each direction's top k re-scored by a captioner's likelihood; every candidate
+    ranks above the rest in the scorer's order, the embedding's own recalls stay in the result."""
+    import numpy as np
+
+    import polymodal
+    from polymodal.tasks.retrieval import rerank_scores
+
+    recs = list(open_dataset(f"shapes:{world}:captions", "test"))
+    images = [r["image"] for r in recs]
+    texts = [r["captions"][0] for r in recs]
+    captioner = polymodal.load("captioner-tiny")
+    sim = np.random.default_rng(0).normal(size=(len(images), len(texts))).astype(np.float32)
+    k = 3
+    out = rerank_scores(captioner, images, texts, sim, k=k)
+    for j in range(len(texts)):                                  # text -> image
+        cand = np.argsort(-sim[:, j])[:k]
+        col = out["t2i_similarity"][:, j]
+        want = captioner.caption_logprob([images[i] for i in cand], [texts[j]] * k)
+        assert np.argsort(-col)[:k].tolist() == cand[np.argsort(-want, kind="stable")].tolist()
+        rest = np.setdiff1d(np.arange(len(images)), cand)
+        assert col[cand].min() > col[rest].max()
+        assert np.argsort(-col[rest]).tolist() == np.argsort(-sim[rest, j]).tolist()
+    for i in range(len(images)):                                 # image -> text
+        cand = np.argsort(-sim[i])[:k]
+        assert set(np.argsort(-out["i2t_similarity"][i])[:k].tolist()) == set(cand.tolist())
+
+    res = runner.invoke(app, ["eval", "--model", "clip-tiny", "--rerank", "captioner-tiny", "--rerank-k", "4",
+                              "--data", str(world), "--task", "retrieval", "--split", "test", "--json", "--baseline"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["rerank"] == {"model": "captioner-tiny", "k": 4}
+    m = data["metrics"]
+    assert {"embedding_i2t_r1", "embedding_t2i_r1", "i2t_r1", "t2i_r1", "ceiling_t2i_r1"} <= set(m)
+    for key in ("t2i_r5", "t2i_r10", "i2t_r5", "i2t_r10"):       # at K >= k the candidates are the same
+        assert m[key] == m[f"embedding_{key}"], key
+    res = runner.invoke(app, ["eval", "--model", "clip-tiny", "--rerank", "clip-tiny", "--data", str(world),
+                              "--task", "retrieval", "--split", "test"])
+    assert res.exit_code != 0 and "captioner" in res.output
+    res = runner.invoke(app, ["eval", "--model", "vqa-tiny", "--rerank", "captioner-tiny", "--data", str(world),
+                              "--task", "vqa", "--split", "test"])
+    assert res.exit_code != 0 and "--task retrieval" in res.output

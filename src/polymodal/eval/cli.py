@@ -32,6 +32,10 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
                                                                  "(the official result format), else JSON Lines"),
              beams: int = typer.Option(1, "--beams", min=1), max_tokens: int = typer.Option(32, "--max-tokens", min=1),
              batch_size: int = typer.Option(32, "--batch-size", min=1),
+             rerank: Optional[str] = typer.Option(None, "--rerank",
+                                                  help="retrieval: re-score each direction's top candidates with "
+                                                       "this model (a captioner's likelihood, or an ITM head)"),
+             rerank_k: int = typer.Option(16, "--rerank-k", min=1, help="candidates per query to re-rank"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
     from polymodal.eval.run import evaluate, finite, write_predictions
@@ -40,6 +44,10 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     spec = get_task(task)
     # Generation settings for the tasks whose model writes text (the task may fix the length).
     gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
+    if rerank is not None:
+        if spec.name != "retrieval":
+            raise DataError(f"--rerank re-ranks retrieval candidates: use it with --task retrieval, not {task}")
+        gen.update(rerank=rerank, rerank_k=rerank_k)
     try:
         result = evaluate(spec, data, model=model, predictions=predictions, split=split, limit=limit,
                           batch_size=batch_size, lang=lang, baseline=baseline,

@@ -164,7 +164,9 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
             prediction file only; not retrieval).
         ceiling: score no model but the data's ceiling, what an ideal model would score
             (`Task.ceiling`: retrieval on shapes-world records); a model's scores include it anyway.
-        generation: passed to the model's generation (num_beams, max_new_tokens, ...).
+        generation: passed to the model's generation (num_beams, max_new_tokens, ...); for
+            retrieval, `rerank` (a model) and `rerank_k` re-rank each query's top candidates
+            (`polymodal.tasks.retrieval.rerank_scores`).
 
     Returns:
         {"task", "data", "split", "n", "metrics": {...}, ["skipped": {"count", "summary"}],
@@ -197,6 +199,8 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     seconds = time.perf_counter() - t0
     result = {"task": task.name, "data": str(data), "split": split, "n": len(recs),
               "metrics": task.score(preds, recs, lang=lang), "seconds": round(seconds, 3)}
+    if generation.get("rerank") is not None:
+        result["rerank"] = {"model": str(generation["rerank"]), "k": generation.get("rerank_k", 16)}
     if skips.count:
         result["skipped"] = {"count": skips.count, "summary": skips.summary()}
     if baseline:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,7 +129,8 @@ class NativeModel(LoadedModel):
         """Mean per-token log-likelihood (N,) of each text given its image under an encoder-decoder
         captioner: teacher forcing on [BOS] w1 ... wn [EOS] (tokenised as in training), the
         log-probability of each of w1 ... [EOS] given the image and the tokens before it, padding
-        masked, averaged over the text's tokens. One forward pass per `batch_size` pairs. The
+        masked, averaged over the text's tokens. One forward pass per `batch_size` pairs, each image of a
+        batch encoded once (pairs of one image side by side share it). The
         "captioner likelihood" filter: a caption that belongs to another image is unlikely."""
         if not self.can_score_captions():
             self._unsupported("score captions by their likelihood (it is not an encoder-decoder captioner)")
@@ -139,9 +141,16 @@ class NativeModel(LoadedModel):
         for idx in chunks(range(len(images)), self.batch_size):
             enc = self._tokens([texts[i] for i in idx])
             ids, mask = enc["input_ids"], enc["attention_mask"]                          # (B, T)
+            # an image given several times in a batch (a path, or the same object) is encoded once
+            rows: dict = {}
+            index = [rows.setdefault(os.fspath(images[i]) if isinstance(images[i], (str, os.PathLike)) else id(images[i]),
+                                     i) for i in idx]
+            first = list(rows.values())
+            where = {i: n for n, i in enumerate(first)}
             with self._autocast():
-                logits = self.model(self._pixels([images[i] for i in idx]), decoder_input_ids=ids,
-                                    decoder_attention_mask=mask).logits                  # (B, T, V)
+                logits = self.model(self._pixels([images[i] for i in first]), decoder_input_ids=ids,
+                                    decoder_attention_mask=mask,
+                                    image_index=torch.tensor([where[i] for i in index])).logits   # (B, T, V)
             logp = logits[:, :-1].float().log_softmax(-1)                                # (B, T-1, V)
             tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)                          # (B, T-1)
             keep = mask[:, 1:].float()                                                   # padding: 0

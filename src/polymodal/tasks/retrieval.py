@@ -1,6 +1,7 @@
 """Image-text retrieval: embed both sides into one space (recall@K both ways, mean rank)."""
 from __future__ import annotations
 
+from polymodal.errors import ConfigError
 from polymodal.tasks.base import Task, metric, register_task
 from polymodal.tasks.captioning import caption_field
 
@@ -32,17 +33,31 @@ class Retrieval(Task):
                 t2i.append(i)
         return images, texts, t2i
 
-    def predict(self, model, records, batch_size=32, lang="en", **generation):
+    def predict(self, model, records, batch_size=32, lang="en", rerank=None, rerank_k=16, **generation):
+        """The embeddings' similarity; with `rerank` (a loaded model, or a source for
+        `polymodal.load`), also each direction's top `rerank_k` re-scored by it (`rerank_scores`)."""
         import numpy as np
 
         images, texts, text_to_image = self.sides(records, lang)
         img = np.concatenate([model.embed_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
         txt = model.embed_texts(texts)
-        return {"similarity": img @ txt.T, "text_to_image": text_to_image}
+        out = {"similarity": img @ txt.T, "text_to_image": text_to_image}
+        if rerank is not None:
+            out.update(rerank_scores(rerank, images, texts, out["similarity"], rerank_k))
+        return out
 
     def score(self, predictions, records, lang="en"):
-        out = metric({"type": "retrieval"})(similarity=predictions["similarity"],
-                                            text_to_image=predictions["text_to_image"])
+        recall = metric({"type": "retrieval"})
+        t2i = predictions["text_to_image"]
+        out = recall(similarity=predictions["similarity"], text_to_image=t2i)
+        if "t2i_similarity" in predictions:     # re-ranked: each direction from its own scores
+            embedded = out
+            by_t = recall(similarity=predictions["t2i_similarity"], text_to_image=t2i)
+            by_i = recall(similarity=predictions["i2t_similarity"], text_to_image=t2i)
+            out = {k: (by_i if k.startswith("i2t") else by_t if k.startswith("t2i") else embedded)[k] for k in embedded}
+            recalls = [v for k, v in out.items() if k[:4] in ("i2t_", "t2i_") and k[5:].isdigit()]
+            out["r_mean"] = float(sum(recalls) / len(recalls))
+            out.update({f"embedding_{k}": v for k, v in embedded.items() if k[:4] in ("i2t_", "t2i_")})
         return {**out, **self.ceiling(records, lang)}
 
     def ceiling(self, records, lang="en"):
@@ -65,4 +80,54 @@ class Retrieval(Task):
 
         sim = predictions["similarity"]
         perm = np.random.default_rng(seed).permutation(sim.shape[1])
-        return {"similarity": sim[:, perm], "text_to_image": predictions["text_to_image"]}
+        return {**{k: v[:, perm] for k, v in predictions.items() if k.endswith("similarity")},
+                "text_to_image": predictions["text_to_image"]}
+
+
+def rerank_scores(scorer, images, texts, similarity, k: int = 16) -> dict:
+    """Re-rank retrieval candidates with a second model, as ALBEF and BLIP re-rank their ITC top-k
+    with the ITM head: each text's `k` most similar images and each image's `k` most similar
+    texts are scored by `scorer` (a loaded model or a source for `polymodal.load`): a captioner's
+    mean per-token log-likelihood of the text given the image (`caption_logprob`), else an ITM
+    head's match probability (`match`). Each pair is scored once, the pairs of one image together
+    (a captioner encodes each image once per batch).
+
+    Returns {"t2i_similarity", "i2t_similarity"}: (n_images, n_texts) scores in which every
+    candidate ranks above every other text or image, in the scorer's order; the rest keep their
+    order by `similarity`.
+    """
+    import numpy as np
+
+    if isinstance(scorer, (str, bytes)) or hasattr(scorer, "__fspath__"):
+        import polymodal
+
+        scorer = polymodal.load(scorer)
+    if getattr(scorer, "can_score_captions", lambda: False)():
+        score = scorer.caption_logprob
+    elif getattr(scorer, "can_match", lambda: False)():
+        score = scorer.match
+    else:
+        raise ConfigError("rerank: the re-ranking model must be an encoder-decoder captioner (it scores a text "
+                          "by its likelihood given the image) or have an image-text matching head (itm)")
+    if int(k) < 1:
+        raise ConfigError(f"rerank_k must be at least 1, got {k}")
+    sim = np.asarray(similarity, dtype=np.float32)
+    n_img, n_txt = sim.shape
+    k_img, k_txt = min(int(k), n_img), min(int(k), n_txt)
+    top_img = np.argpartition(-sim, k_img - 1, axis=0)[:k_img]           # (k, n_txt) image rows per text
+    top_txt = np.argpartition(-sim, k_txt - 1, axis=1)[:, :k_txt]        # (n_img, k) text columns per image
+    pairs = np.unique(np.concatenate([
+        np.stack([top_img.ravel(), np.tile(np.arange(n_txt), k_img)], 1),
+        np.stack([np.repeat(np.arange(n_img), k_txt), top_txt.ravel()], 1)]), axis=0)   # sorted by image
+    values = np.asarray(score([images[i] for i in pairs[:, 0]], [texts[j] for j in pairs[:, 1]]), np.float32)
+    scored = np.full(sim.shape, np.nan, np.float32)
+    scored[pairs[:, 0], pairs[:, 1]] = values
+    # candidates above the rest: every score is lifted past the largest similarity
+    lift = np.float32(np.nanmax(np.abs(values)) + np.abs(sim).max() + 1.0) * 2
+    out = {}
+    for name, cand in (("t2i", (top_img, np.broadcast_to(np.arange(n_txt), top_img.shape))),
+                       ("i2t", (np.broadcast_to(np.arange(n_img)[:, None], top_txt.shape), top_txt))):
+        m = sim - lift
+        m[cand] = scored[cand] + lift
+        out[f"{name}_similarity"] = m
+    return out
