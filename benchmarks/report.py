@@ -140,6 +140,7 @@ LEVERS = """## Levers: the options, their defaults, where they are measured
 |---|---|---|
 | encode each image once for all its questions | `data.group_by_image` (off; the demo's and `configs/shapes/vqa.yaml`'s VQA recipes turn it on); the VQA collator always encodes an image once per batch | training table, `demo-vqa` row `group_by_image=false`; scaling, "images" |
 | encode each image once for all its captions | `data.captions_per_image` (1) | training table, `demo-captioner` row `captions_per_image=5` (65 captions from 13 images a step against 64 from 64) |
+| cache a frozen image tower's features | `model.feature_cache_gb` (2 GiB; on whenever the image tower is frozen whole, 0 turns it off): each image encoded once per run, later epochs and validation reuse it, training unchanged (tested exact) | training table, `demo-retrieval` row `feature_cache_gb=0` (the cache pays from the second epoch on) |
 | data loading in worker processes | `data.num_workers` (0) | training table, `num_workers=1` rows |
 | bf16 autocast | `precision: auto` (default: times one step in each and keeps the faster), `bf16`, `no`; inference `polymodal.load(..., bf16=True)` (off) | training `precision=bf16` rows; MFU table (both step times); captioning `bf16=True` row with the share of identical captions |
 | fused AdamW | always (`train/optim.py`); the plain `Trainer` uses it too (`adamw_torch_fused`, its default) | equal in both loops |

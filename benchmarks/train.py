@@ -1,8 +1,8 @@
 """Training throughput: polymodal's trainer against a plain Hugging Face `Trainer` loop on the
 identical model, data, batch size, objectives, optimizer (fused AdamW in both) and schedule.
 
-The recipes are the demo's VQA model and captioner (`polymodal.demo`'s run configs, trained from
-scratch here) and two of `configs/shapes/` (retrieval with `clip-tiny`, captioning with
+The recipes are the demo's VQA model, captioner and retrieval dual encoder (`polymodal.demo`'s run
+configs, trained from scratch here; the dual encoder's frozen tower is cached after its first epoch) and two of `configs/shapes/` (retrieval with `clip-tiny`, captioning with
 `captioner-tiny`), all on a shapes world generated for the run.
 
 Contenders, alternating in one process (`common.alternate`):
@@ -33,13 +33,14 @@ LEVERS = {
     "demo-captioner": [("data.captions_per_image=5", {"data.captions_per_image": 5}),
                        ("data.num_workers=1", {"data.num_workers": 1}),
                        ("precision=bf16", {"precision": "bf16"})],
+    "demo-retrieval": [("model.feature_cache_gb=0", {"model.feature_cache_gb": 0})],
     "shapes-retrieval": [],
     "shapes-caption": [],
 }
 
 
 def recipes(work: Path, size: Size) -> dict[str, dict]:
-    """The run configs measured: the demo's VQA model and captioner, two of configs/shapes/."""
+    """The run configs measured: the demo's VQA model, captioner and retrieval model, two of configs/shapes/."""
     import yaml
 
     from polymodal.demo import BUDGETS, _configs
@@ -53,10 +54,14 @@ def recipes(work: Path, size: Size) -> dict[str, dict]:
     vqa["data"]["train"] = str(data)
     out["demo-vqa"] = vqa
     cap = copy.deepcopy(demo["lm"])  # the captioner's architecture (caption_en fine-tunes it on English)
-    cap["model"].pop("init_from")
     cap["model"]["processor"]["tokenizer"] = str(tok)
     cap["data"].update(train=str(data), text_field="captions")
     out["demo-captioner"] = cap
+    ret = copy.deepcopy(demo["retrieval"])  # frozen vision tower and object heads: its features are cached
+    ret["model"].pop("init_from")
+    ret["model"]["processor"]["tokenizer"] = str(tok)
+    ret["data"]["train"] = str(data)
+    out["demo-retrieval"] = ret
     root = Path(__file__).resolve().parent.parent / "configs" / "shapes"
     for name, file in (("shapes-retrieval", "retrieval.yaml"), ("shapes-caption", "caption.yaml")):
         cfg = yaml.safe_load((root / file).read_text())
