@@ -3,7 +3,7 @@
 of growing size (`polymodal.infer.index.ImageIndex.search`: exact inner product, or FAISS when
 installed).
 
-The model is the `clip-tiny` recipe (the dual encoder `configs/shapes/retrieval.yaml` trains;
+The model is the `clip-tiny` recipe (a conv-stem + BERT dual encoder, the one `configs/shapes/retrieval.yaml` trained before it pooled per object;
 untrained weights run at the same speed); images are the shapes world's 64-px PNGs.
 """
 from __future__ import annotations
