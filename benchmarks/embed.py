@@ -3,8 +3,8 @@
 of growing size (`polymodal.infer.index.ImageIndex.search`: exact inner product, or FAISS when
 installed).
 
-The model is the `clip-tiny` recipe (a conv-stem + BERT dual encoder, the one `configs/shapes/retrieval.yaml` trained before it pooled per object;
-untrained weights run at the same speed); images are the shapes world's 64-px PNGs.
+The model is the `clip-tiny` recipe (a conv-stem + BERT dual encoder; untrained weights run at the
+same speed); images are the shapes world's 64-px PNGs.
 """
 from __future__ import annotations
 

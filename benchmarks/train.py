@@ -2,8 +2,9 @@
 identical model, data, batch size, objectives, optimizer (fused AdamW in both) and schedule.
 
 The recipes are the demo's VQA model, captioner and retrieval dual encoder (`polymodal.demo`'s run
-configs, trained from scratch here; the dual encoder's frozen tower is cached after its first epoch) and two of `configs/shapes/` (retrieval with `clip-tiny`, captioning with
-`captioner-tiny`), all on a shapes world generated for the run.
+configs, trained from scratch here; the dual encoder's frozen tower is cached after its first
+epoch) and two of `configs/shapes/` (retrieval with a dual encoder that pools per object,
+captioning with `captioner-tiny`), all on a shapes world generated for the run.
 
 Contenders, alternating in one process (`common.alternate`):
 
@@ -40,7 +41,8 @@ LEVERS = {
 
 
 def recipes(work: Path, size: Size) -> dict[str, dict]:
-    """The run configs measured: the demo's VQA model, captioner and retrieval model, two of configs/shapes/."""
+    """The run configs measured: the demo's VQA model, captioner and retrieval model; two of
+    configs/shapes/."""
     import yaml
 
     from polymodal.demo import BUDGETS, _configs

@@ -9,7 +9,7 @@ from _helpers import processor_for, run_config
 from _synthetic import collator, records
 from polymodal.models.base import Features
 from polymodal.train import train
-from polymodal.train.feature_cache import FeatureCache, cached_frozen_towers
+from polymodal.train.feature_cache import FeatureCache, cached_frozen_tower
 
 
 def _run(out, cache_gb, freeze=("vision",)):
@@ -55,8 +55,8 @@ def test_cache_answers_seen_images_and_keeps_to_its_budget():
     want = tower(images)
     tower.calls = 0
     row_bytes = (16 * 4 + 16 + 4) * 4          # tokens + mask (bool, 1 byte each: 16) + pooled
-    with cached_frozen_towers(torch.nn.ModuleDict({"vision": tower}), 0) as caches:
-        assert caches == {}
+    with cached_frozen_tower(torch.nn.ModuleDict({"vision": tower}), 0) as cache:
+        assert cache is None
     cache = FeatureCache(tower, max_bytes=4 * row_bytes)
     tower.cached_forward = tower.forward
     got = cache(images[[0, 1, 2, 0]])

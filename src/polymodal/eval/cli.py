@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from polymodal.errors import DataError, PolymodalError
+from polymodal.tasks.retrieval import RERANK_K
 
 
 def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or a shapes-world directory"),
@@ -35,7 +36,7 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
              rerank: Optional[str] = typer.Option(None, "--rerank",
                                                   help="retrieval: re-score each direction's top candidates with "
                                                        "this model (a captioner's likelihood, or an ITM head)"),
-             rerank_k: int = typer.Option(16, "--rerank-k", min=1, help="candidates per query to re-rank"),
+             rerank_k: int = typer.Option(RERANK_K, "--rerank-k", min=1, help="candidates per query to re-rank"),
              as_json: bool = typer.Option(False, "--json", help="print the result as one JSON line")):
     """Evaluate a model (or a predictions file) on a dataset with the task's standard metrics."""
     from polymodal.eval.run import evaluate, finite, write_predictions

@@ -34,6 +34,7 @@ from typing import Any
 from polymodal.jsonl import iter_json_objects
 from polymodal.errors import ConfigError, DataError
 from polymodal.tasks import Task, get_task
+from polymodal.tasks.retrieval import RERANK_K
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def evaluate(task: str | Task, data, model: Any = None, predictions: str | Path 
     result = {"task": task.name, "data": str(data), "split": split, "n": len(recs),
               "metrics": task.score(preds, recs, lang=lang), "seconds": round(seconds, 3)}
     if generation.get("rerank") is not None:
-        result["rerank"] = {"model": str(generation["rerank"]), "k": generation.get("rerank_k", 16)}
+        result["rerank"] = {"model": str(generation["rerank"]), "k": generation.get("rerank_k", RERANK_K)}
     if skips.count:
         result["skipped"] = {"count": skips.count, "summary": skips.summary()}
     if baseline:

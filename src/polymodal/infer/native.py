@@ -142,15 +142,17 @@ class NativeModel(LoadedModel):
             enc = self._tokens([texts[i] for i in idx])
             ids, mask = enc["input_ids"], enc["attention_mask"]                          # (B, T)
             # an image given several times in a batch (a path, or the same object) is encoded once
-            rows: dict = {}
-            index = [rows.setdefault(os.fspath(images[i]) if isinstance(images[i], (str, os.PathLike)) else id(images[i]),
-                                     i) for i in idx]
-            first = list(rows.values())
-            where = {i: n for n, i in enumerate(first)}
+            slot: dict = {}                 # image -> its row among the batch's distinct images
+            distinct, image_index = [], []
+            for i in idx:
+                key = os.fspath(images[i]) if isinstance(images[i], (str, os.PathLike)) else id(images[i])
+                if key not in slot:
+                    slot[key] = len(distinct)
+                    distinct.append(images[i])
+                image_index.append(slot[key])
             with self._autocast():
-                logits = self.model(self._pixels([images[i] for i in first]), decoder_input_ids=ids,
-                                    decoder_attention_mask=mask,
-                                    image_index=torch.tensor([where[i] for i in index])).logits   # (B, T, V)
+                logits = self.model(self._pixels(distinct), decoder_input_ids=ids, decoder_attention_mask=mask,
+                                    image_index=torch.tensor(image_index)).logits        # (B, T, V)
             logp = logits[:, :-1].float().log_softmax(-1)                                # (B, T-1, V)
             tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)                          # (B, T-1)
             keep = mask[:, 1:].float()                                                   # padding: 0

@@ -5,6 +5,9 @@ from polymodal.errors import ConfigError
 from polymodal.tasks.base import Task, metric, register_task
 from polymodal.tasks.captioning import caption_field
 
+#: candidates per query a re-ranking model re-scores when not told (`--rerank-k`)
+RERANK_K = 16
+
 
 @register_task
 class Retrieval(Task):
@@ -33,7 +36,7 @@ class Retrieval(Task):
                 t2i.append(i)
         return images, texts, t2i
 
-    def predict(self, model, records, batch_size=32, lang="en", rerank=None, rerank_k=16, **generation):
+    def predict(self, model, records, batch_size=32, lang="en", rerank=None, rerank_k=RERANK_K, **generation):
         """The embeddings' similarity; with `rerank` (a loaded model, or a source for
         `polymodal.load`), also each direction's top `rerank_k` re-scored by it (`rerank_scores`)."""
         import numpy as np
@@ -84,7 +87,7 @@ class Retrieval(Task):
                 "text_to_image": predictions["text_to_image"]}
 
 
-def rerank_scores(scorer, images, texts, similarity, k: int = 16) -> dict:
+def rerank_scores(scorer, images, texts, similarity, k: int = RERANK_K) -> dict:
     """Re-rank retrieval candidates with a second model, as ALBEF and BLIP re-rank their ITC top-k
     with the ITM head: each text's `k` most similar images and each image's `k` most similar
     texts are scored by `scorer` (a loaded model or a source for `polymodal.load`): a captioner's

@@ -32,16 +32,21 @@ class FeatureCache:
         self.bytes = self.hits = self.misses = 0
 
     @staticmethod
-    def key(image: torch.Tensor) -> bytes:
-        data = image.detach().to("cpu").contiguous()
-        h = hashlib.blake2b(f"{tuple(data.shape)} {data.dtype}".encode(), digest_size=16)
-        h.update(data.numpy().tobytes())
-        return h.digest()
+    def keys(pixel_values: torch.Tensor) -> list[bytes]:
+        """One key per image of the batch: a hash of its shape, dtype and pixels."""
+        data = pixel_values.detach().to("cpu").contiguous().numpy()
+        head = f"{tuple(data.shape[1:])} {pixel_values.dtype}".encode()
+        out = []
+        for image in data:
+            h = hashlib.blake2b(head, digest_size=16)
+            h.update(image.tobytes())
+            out.append(h.digest())
+        return out
 
     def __call__(self, pixel_values: torch.Tensor, *args, **kwargs) -> Features:
         if args or kwargs or not isinstance(pixel_values, torch.Tensor) or pixel_values.requires_grad:
             return self.tower.cached_forward(pixel_values, *args, **kwargs)
-        keys = [self.key(img) for img in pixel_values]
+        keys = self.keys(pixel_values)
         first = {k: i for i, k in reversed(list(enumerate(keys)))}     # a repeat in the batch runs once
         todo = [i for k, i in first.items() if k not in self.rows]
         fresh = {}
@@ -92,33 +97,32 @@ def _stack(rows: list[dict]) -> Features:
                     attention=col("attention"), attributes=col("attributes"), embeddings=col("embeddings"))
 
 
-def frozen_image_towers(model: nn.Module) -> dict[str, nn.Module]:
+def frozen_image_tower(model: nn.Module) -> nn.Module | None:
     """The model's image tower (`vision`) when it is frozen whole (no parameter trains)."""
     tower = getattr(model, "vision", None)
     if isinstance(tower, nn.Module) and not any(p.requires_grad for p in tower.parameters()):
-        return {"vision": tower}
-    return {}
+        return tower
+    return None
 
 
 @contextmanager
-def cached_frozen_towers(model: nn.Module, max_gb: float):
+def cached_frozen_tower(model: nn.Module, max_gb: float):
     """While inside, the frozen image tower of `model` answers from a `FeatureCache` of `max_gb`
-    GiB (0: no cache). The tower's weights and state dict are untouched. The tower must run in
-    eval mode (the trainer keeps frozen parts there), so its features do not change."""
-    towers = frozen_image_towers(model) if max_gb > 0 else {}
-    caches = {}
-    for name, tower in towers.items():
-        cache = FeatureCache(tower, int(max_gb * 2 ** 30))
-        tower.cached_forward = tower.forward
-        tower.forward = cache
-        caches[name] = cache
-        log.info("frozen %s tower: its features are cached (up to %.1f GiB; model.feature_cache_gb)", name, max_gb)
+    GiB (0: no cache), which the context yields (None when there is none). The tower's weights and
+    state dict are untouched. The tower must run in eval mode (the trainer keeps frozen parts
+    there), so its features do not change."""
+    tower = frozen_image_tower(model) if max_gb > 0 else None
+    if tower is None:
+        yield None
+        return
+    cache = FeatureCache(tower, int(max_gb * 2 ** 30))
+    tower.cached_forward = tower.forward
+    tower.forward = cache
+    log.info("frozen vision tower: its features are cached (up to %.1f GiB; model.feature_cache_gb)", max_gb)
     try:
-        yield caches
+        yield cache
     finally:
-        for name, tower in towers.items():
-            tower.forward = tower.cached_forward
-            del tower.cached_forward
-            c = caches[name]
-            log.info("feature cache of the %s tower: %d images encoded, %d reused, %.0f MiB held", name,
-                     c.misses, c.hits, c.bytes / 2 ** 20)
+        tower.forward = tower.cached_forward
+        del tower.cached_forward
+        log.info("feature cache of the vision tower: %d images encoded, %d reused, %.0f MiB held",
+                 cache.misses, cache.hits, cache.bytes / 2 ** 20)

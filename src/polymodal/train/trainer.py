@@ -27,7 +27,7 @@ from polymodal.tasks import Task, get_task
 from polymodal.train import _data, run_dir
 from polymodal.train.checkpointing import Checkpointer, TrainState
 from polymodal.train.config import RunConfig, config_source, load_run_config
-from polymodal.train.feature_cache import cached_frozen_towers
+from polymodal.train.feature_cache import cached_frozen_tower
 from polymodal.train.freezing import frozen_modules
 from polymodal.train.optim import adamw, lr_factor, param_groups
 from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
@@ -82,7 +82,7 @@ def train(config: str | Path | dict | RunConfig, overrides: Sequence[str] = (), 
     _train_mode(model, frozen)
 
     # ---- the loop ---------------------------------------------------------------------------------
-    with cached_frozen_towers(r.setup.base, cfg.model.feature_cache_gb):   # a frozen image tower runs once an image
+    with cached_frozen_tower(r.setup.base, cfg.model.feature_cache_gb):   # a frozen image tower runs once an image
         while state.step < r.total_steps and not stopped:
             for batch in _epoch_loader(r, state, acc.device):
                 with acc.accumulate(model):
