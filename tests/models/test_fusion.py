@@ -282,3 +282,26 @@ def test_compare_reads_the_object_heads_and_the_words():
     image.attributes = torch.rand(B, N, 3)
     with pytest.raises(ConfigError, match="built for 4"):
         fusion(image, text)
+
+
+def test_attribute_match_steers_the_hops_by_what_the_heads_read():
+    """hop_attention's attribute_match: silent at initialisation; once the hop's words prefer
+    a value, every hop looks where the heads read that value. Without object heads: ConfigError."""
+    torch.manual_seed(0)
+    fusion = FUSIONS.build({"type": "hop_attention", "dim": DIM, "attribute_match": True}, "model.fusion",
+                           image_dim=IMAGE_DIM, text_dim=TEXT_DIM, attribute_dim=4).eval()
+    plain = FUSIONS.build({"type": "hop_attention", "dim": DIM}, "model.fusion",
+                          image_dim=IMAGE_DIM, text_dim=TEXT_DIM).eval()
+    image, text = inputs()
+    image.attributes = torch.full((B, N, 4), 0.01)
+    image.attributes[:, 2, 0] = 0.99          # token 2 reads value 0 in every sample
+    text.embeddings = torch.randn(B, T, TEXT_DIM)
+    plain.load_state_dict({k: v for k, v in fusion.state_dict().items() if not k.startswith("match_words")})
+    torch.testing.assert_close(fusion(image, text).attention, plain(image, text).attention)   # silent at init
+    with torch.no_grad():
+        fusion.match_words[1].bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    hops = fusion(image, text).attention.softmax(-1)          # (B, hops, N)
+    assert (hops.argmax(-1) == 2).all() and (hops[..., 2] > 0.99).all()
+    with pytest.raises(ConfigError, match="object heads"):
+        FUSIONS.build({"type": "hop_attention", "dim": DIM, "attribute_match": True}, "model.fusion",
+                      image_dim=IMAGE_DIM, text_dim=TEXT_DIM)

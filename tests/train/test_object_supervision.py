@@ -226,3 +226,54 @@ def test_object_attributes_train_a_captioner_with_its_lm_loss_on_one_forward():
         opt.step()
     assert lm.item() < 0.5 * first[0] and obj.item() < 0.5 * first[1]
     assert logs["acc"].item() == 1.0
+
+
+def test_hue_rotate_keeps_greys_and_cycles_the_primaries():
+    from polymodal.train.objectives import hue_rotate
+
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    rgb = torch.rand(2, 3, 4, 4)
+    rgb[:, :, 0, 0] = 0.3                                      # a grey pixel
+    x = (rgb - mean) / std
+    torch.testing.assert_close(hue_rotate(x, mean, std, torch.zeros(2)), x)
+    turned = hue_rotate(x, mean, std, torch.full((2,), 2 * math.pi / 3)) * std + mean
+    torch.testing.assert_close(turned, rgb[:, [2, 0, 1]], atol=1e-5, rtol=1e-5)   # R<-B, G<-R, B<-G
+    rand = hue_rotate(x, mean, std) * std + mean
+    torch.testing.assert_close(rand[:, :, 0, 0], torch.full((2, 3), 0.3), atol=1e-5, rtol=1e-5)
+
+
+def test_object_attributes_recolor_trains_hue_invariant_heads_on_a_second_view():
+    """recolor: the shape and size heads (not colour) also learn on hue-rotated images, with the
+    same targets; only in training; bad settings are ConfigErrors naming the field."""
+    from polymodal.errors import ConfigError
+
+    attrs = {"color": ["red", "blue"], "shape": ["circle", "square"], "size": ["small", "large"]}
+    model = _hop_model(object_attributes=attrs).train()
+    pixels = torch.rand(3, 3, 16, 16) * 2 - 1
+    objects = [[{"point": (0.3, 0.3), "color": "red", "shape": "square", "size": "small"}]] * 3
+    batch = {"pixel_values": pixels, "input_ids": torch.randint(1, 20, (3, 4)),
+             "attention_mask": torch.ones(3, 4, dtype=torch.long), "objects": objects}
+    plain = ObjectAttributes()
+    base, logs = plain(model, batch)
+    assert "recolor_acc" not in logs
+    obj = ObjectAttributes(recolor=1.0)
+    obj.check(model)
+    seen = []
+    hook = model.vision.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    torch.manual_seed(0)
+    loss, logs = obj(model, batch)
+    hook.remove()
+    assert "recolor_acc" in logs and loss.item() > base.item()
+    assert len(seen) == 2 and not torch.allclose(seen[1], pixels)   # the second view is recoloured
+    model.object_heads["shape"].weight.grad = None
+    loss.backward()
+    assert model.object_heads["shape"].weight.grad.abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(obj(model, batch)[0], plain(model, batch)[0])  # no second view in eval
+    for bad, match in (({"recolor": 1.5}, "recolor"), ({"recolor": 0.5, "recolor_attributes": "shape"}, "recolor_attributes")):
+        with pytest.raises(ConfigError, match=match):
+            ObjectAttributes(**bad)
+    with pytest.raises(ConfigError, match="texture"):
+        ObjectAttributes(recolor=0.5, recolor_attributes=["texture"]).check(model)
+    with pytest.raises(ConfigError, match="no attribute left"):
+        ObjectAttributes(recolor=0.5).check(_hop_model(object_attributes={"color": ["red"]}))

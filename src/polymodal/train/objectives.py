@@ -412,25 +412,58 @@ class ObjectAttributes(Objective):
     in the manner of CenterNet (Zhou et al., 2019), with attributes in place of categories.
     A token is an object's when its centre is the one nearest the object's box centre.
     Logged: loss, acc (attribute accuracy on the tokens that hold an object).
+
+    `recolor` (a fraction, default 0): that share of the step's images is seen a second time
+    with its hues rotated (a random angle per image about the grey axis, as colour jitter in
+    SimCLR), and the heads of `recolor_attributes` — those a hue rotation leaves unchanged; by
+    default every attribute but one named color/colour — learn on that view too. A shape then
+    has to be read the same in every colour, which is what colour-shape pairs never seen in
+    training need (the compositional split). Logged: recolor_acc.
     """
 
     requires = ("pixel_values", "objects")
+
+    def __init__(self, processor=None, recolor: float = 0.0, recolor_attributes: list[str] | None = None):
+        if isinstance(recolor, bool) or not isinstance(recolor, (int, float)) or not 0.0 <= recolor <= 1.0:
+            raise ConfigError(f"object_attributes.recolor: expected a fraction of the images in [0, 1], got {recolor!r}")
+        if recolor_attributes is not None and (not isinstance(recolor_attributes, (list, tuple))
+                                               or not all(isinstance(a, str) for a in recolor_attributes)):
+            raise ConfigError(f"object_attributes.recolor_attributes: expected a list of attribute names, "
+                              f"got {recolor_attributes!r}")
+        self.recolor = float(recolor)
+        self.recolor_attributes = list(recolor_attributes) if recolor_attributes is not None else None
+        image = getattr(processor, "image", None)
+        self.mean = torch.tensor(getattr(image, "mean", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(getattr(image, "std", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
 
     def check(self, model):
         _need(bool(getattr(model, "object_attributes", None)),
               "objective object_attributes needs a model built with object_attributes "
               "({attribute: [values]}, e.g. {color: [red, blue], shape: [circle, square]})")
+        if self.recolor:
+            names = list(model.object_attributes)
+            chosen = self._recolored(names)
+            _need(all(a in names for a in chosen),
+                  f"object_attributes.recolor_attributes: {[a for a in chosen if a not in names]} are not "
+                  f"attributes of this model (it has {names})")
+            _need(bool(chosen), "object_attributes.recolor: no attribute left to learn on the recoloured "
+                                "view (set recolor_attributes, e.g. [shape, size])")
+
+    def _recolored(self, names: list[str]) -> list[str]:
+        if self.recolor_attributes is not None:
+            return self.recolor_attributes
+        return [a for a in names if a.lower() not in ("color", "colour")]
 
     def __call__(self, model, batch):
         out = _forward(model, batch)
         pos = _token_positions(model, out, "object_attributes")
         vocab = {a: {v: i + 1 for i, v in enumerate(vals)} for a, vals in model.object_attributes.items()}
-        rows = list(range(len(batch["objects"])))
+        rows = pixel_rows = list(range(len(batch["objects"])))
         if batch.get("image_index") is not None:  # questions of one image: score the image once
             first: dict[int, int] = {}                # image row -> its first question
             for i, r in enumerate(batch["image_index"].tolist()):
                 first.setdefault(r, i)
-            rows = list(first.values())
+            rows, pixel_rows = list(first.values()), list(first)
         objects = [batch["objects"][i] for i in rows]
         logits_of = {a: lg[rows] for a, lg in out.object_logits.items()}                   # (R, N, C)
         b, n = len(rows), out.image_features.tokens.shape[1]
@@ -456,7 +489,45 @@ class ObjectAttributes(Objective):
                 total += float(on.sum())
         loss = torch.stack(losses).sum()
         acc = torch.as_tensor(correct / total if total else 0.0)
-        return loss, {"loss": loss.detach(), "acc": acc.detach() if torch.is_tensor(acc) else acc}
+        logs = {"loss": loss.detach(), "acc": acc.detach() if torch.is_tensor(acc) else acc}
+        if self.recolor and model.training:
+            extra, logs["recolor_acc"] = self._recolor_loss(model, batch["pixel_values"][pixel_rows], targets)
+            loss = loss + extra
+        return loss, logs
+
+    def _recolor_loss(self, model, pixels: torch.Tensor, targets: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads of the hue-invariant attributes, on a hue-rotated view of some of the images
+        (`pixels` (R, 3, H, W) and `targets` {attribute: (R, N)} row for row)."""
+        pick = torch.randperm(len(pixels))[:max(1, round(self.recolor * len(pixels)))]
+        image = model.encode_image_features(hue_rotate(pixels[pick], self.mean, self.std))
+        logits_of = model.object_logits(image)
+        losses, correct, total = [], 0.0, 0.0
+        for a in self._recolored(list(logits_of)):
+            logits, t = logits_of[a], targets[a][pick].to(logits_of[a].device)
+            losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
+            on = t > 0
+            correct += float((logits.argmax(-1)[on] == t[on]).sum())
+            total += float(on.sum())
+        return torch.stack(losses).sum(), torch.as_tensor(correct / total if total else 0.0)
+
+
+def hue_rotate(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               angles: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised images (B, 3, H, W) with their hues rotated by `angles` (B,) radians (random
+    when None) about the grey axis: greys stay grey, a colour keeps its brightness and saturation
+    and changes hue (Rodrigues' rotation in RGB, clamped to [0, 1])."""
+    b = pixels.shape[0]
+    if angles is None:
+        angles = torch.rand(b) * (2 * torch.pi)
+    mean, std = mean.to(pixels), std.to(pixels)
+    rgb = pixels * std + mean
+    u = torch.full((3,), 3 ** -0.5, dtype=pixels.dtype, device=pixels.device)
+    cross = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]], dtype=pixels.dtype,
+                         device=pixels.device)
+    cos, sin = angles.to(pixels).cos().view(b, 1, 1), angles.to(pixels).sin().view(b, 1, 1)
+    rot = cos * torch.eye(3, dtype=pixels.dtype, device=pixels.device) + sin * cross + (1 - cos) * torch.outer(u, u)
+    rgb = torch.einsum("bij,bjhw->bihw", rot, rgb).clamp(0.0, 1.0)
+    return (rgb - mean) / std
 
 
 
