@@ -44,6 +44,27 @@ def test_init_from_another_architecture_with_a_frozen_tower(captioner, tmp_path)
     assert any(k.startswith("text.") for k in end) and not any(k.startswith("text.") for k in start)
 
 
+
+def test_init_parts_take_one_part_from_another_checkpoint(captioner, tmp_path):
+    """init_from gives every weight, init_parts.vision then replaces the vision tower's with
+    another run's; the rest stays the first checkpoint's. An unknown part is a ConfigError."""
+    from polymodal.errors import ConfigError
+
+    other = _run("captioner-tiny", "captioning", tmp_path / "other", 3, seed=7)
+    first, second = _weights(captioner), _weights(other)
+    res = _run("captioner-tiny", "captioning", tmp_path / "run", 1, lr=1e-12,
+               model={"init_from": str(captioner.last_checkpoint),
+                      "init_parts": {"vision": str(other.last_checkpoint)}, "freeze": ["vision"]})
+    end = _weights(res)
+    vision = [k for k in end if k.startswith("vision.")]
+    assert vision and all(torch.equal(end[k], second[k]) for k in vision)
+    assert any(not torch.equal(first[k], second[k]) for k in vision), "the two runs' towers differ"
+    decoder = [k for k in end if k.startswith("decoder.")]
+    assert all(torch.allclose(end[k], first[k], atol=1e-6) for k in decoder)   # (lr 1e-12)
+    with pytest.raises(ConfigError, match="no part 'visoin'"):
+        _run("captioner-tiny", "captioning", tmp_path / "bad", 1,
+             model={"init_from": str(captioner.last_checkpoint), "init_parts": {"visoin": str(other.last_checkpoint)}})
+
 def test_lora_trains_adapters_only_and_saves_a_plain_checkpoint(captioner, tmp_path):
     base = _run("translator-tiny", "translation", tmp_path / "base", 2,
                 model={"init_from": str(captioner.last_checkpoint)})

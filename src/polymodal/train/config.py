@@ -95,6 +95,9 @@ class ModelConfig:
         processor: merged into the recipe's processor spec (image size, tokenizer, max_length).
         init_from: a polymodal checkpoint directory whose weights start the run; tensors the
             model does not have, or whose shape differs (a new answer vocabulary), are skipped.
+        init_parts: {part: checkpoint directory}: these parts (top-level, e.g. vision,
+            object_heads, or dotted paths) take their weights from another checkpoint, after
+            init_from, e.g. a captioner's decoder from one run and its vision tower from another.
         freeze: top-level parts (vision, text, fusion, decoder, ...) or dotted paths kept fixed.
         lora: train LoRA adapters instead of the full weights.
         feature_cache_gb: when the image tower is frozen whole, its features for each image are
@@ -107,6 +110,7 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)
     processor: dict = field(default_factory=dict)
     init_from: str | None = None
+    init_parts: dict = field(default_factory=dict)
     freeze: list = field(default_factory=list)
     lora: LoraConfig | None = None
     feature_cache_gb: float = bounded(2.0, ge=0)

@@ -68,6 +68,10 @@ def build_for_training(cfg: ModelConfig, source: str) -> ModelSetup:
     base = build_model(spec, source=source)
     if cfg.init_from:
         _load_matching(base, Path(cfg.init_from))
+    for part, directory in cfg.init_parts.items():
+        if not isinstance(directory, (str, Path)):
+            raise ConfigError(f"{source}: model.init_parts.{part}: expected a checkpoint directory, got {directory!r}")
+        _load_matching(base, Path(directory), part=part, source=f"{source}: model.init_parts.{part}")
     freeze(base, cfg.freeze, source)
     model = add_lora(base, cfg.lora, cfg.freeze, source) if cfg.lora is not None else base
     return ModelSetup(model, base, processor, task, cfg.recipe, cfg.lora is not None)
@@ -126,22 +130,29 @@ def fit_to_tokenizer(spec: dict, tokenizer, overrides: dict) -> dict:
     return spec
 
 
-def _load_matching(model: nn.Module, directory: Path) -> None:
-    """Copy every tensor of the checkpoint whose name and shape the model has; log the rest."""
+def _load_matching(model: nn.Module, directory: Path, part: str | None = None, source: str = "model.init_from") -> None:
+    """Copy every tensor of the checkpoint whose name and shape the model has; log the rest.
+    With `part` (a top-level part or dotted path), only that part's tensors."""
     from safetensors.torch import load_file
 
     from polymodal.checkpoint import WEIGHTS_NAME
 
     path = directory / WEIGHTS_NAME
     if not path.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}; model.init_from needs a polymodal checkpoint")
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}; {source} needs a polymodal checkpoint")
     state = load_file(str(path))
     own = model.state_dict()
+    if part is not None:
+        if not isinstance(part, str) or not any(k.startswith(part + ".") for k in own):
+            parts = sorted({k.split(".")[0] for k in own})
+            raise ConfigError(f"{source}: the model has no part {part!r} (its parts: {', '.join(parts)})")
+        state = {k: v for k, v in state.items() if k.startswith(part + ".")}
+        own = {k: v for k, v in own.items() if k.startswith(part + ".")}
     fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k not in fit)
     new = sorted(k for k in own if k not in state)
     model.load_state_dict(fit, strict=False)
-    log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d new (%s)", directory, len(fit),
+    log.info("%s %s: %d tensors loaded, %d skipped (%s), %d new (%s)", source, directory, len(fit),
              len(skipped), ", ".join(skipped[:4]), len(new), ", ".join(new[:4]))
     if not fit:
         raise CheckpointError(f"{directory}: no tensor of this checkpoint fits the model; is it the right one?")
