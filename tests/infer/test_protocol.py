@@ -37,6 +37,22 @@ def test_sampling_is_seeded_without_touching_the_global_rng():
     assert a == b and len(a) == 1
 
 
+
+def test_repetition_controls_are_checked_and_reach_generate():
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size must be a positive integer"):
+        GenerationOptions(no_repeat_ngram_size=0)
+    with pytest.raises(ConfigError, match="repetition_penalty must be > 0"):
+        GenerationOptions(repetition_penalty=0)
+    assert GenerationOptions(repetition_penalty=1.5, no_repeat_ngram_size=2).generate_kwargs() == \
+        {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
+    torch.manual_seed(0)
+    model = polymodal.load("captioner-tiny")    # random weights (seed 0): it repeats itself
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    free = model.caption([image], max_new_tokens=12)[0].split()
+    once = model.caption([image], max_new_tokens=12, no_repeat_ngram_size=1)[0].split()
+    assert len(set(free)) < len(free), free
+    assert len(set(once)) == len(once), once
+
 def test_inputs_batches_and_defaults():
     arr = np.zeros((3, 8, 8, 3), dtype=np.uint8)
     assert len(as_image_list(arr)) == 3 and len(as_image_list(arr[0])) == 1

@@ -41,6 +41,9 @@ class GenerationOptions:
         max_new_tokens, max_length: the generation length (new tokens, or tokens in all).
         num_beams: beam search width (1: greedy, or sampling).
         do_sample, temperature, top_p: sampling.
+        repetition_penalty: divide the score of every token already written by this (> 1:
+            fewer repeats; CTRL, Keskar et al. 2019); no_repeat_ngram_size: never write an
+            n-gram of this size twice (transformers' meaning of both).
         seed: makes sampling repeatable.
     """
 
@@ -50,15 +53,19 @@ class GenerationOptions:
     do_sample: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     seed: int | None = None
 
     def __post_init__(self):
-        for name in ("max_length", "max_new_tokens", "num_beams"):
+        for name in ("max_length", "max_new_tokens", "num_beams", "no_repeat_ngram_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
