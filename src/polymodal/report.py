@@ -183,9 +183,10 @@ def write_report(out: Path, stages, timings: dict, mode: str) -> Path:
 torch {torch.__version__} · {torch.get_num_threads()} threads · total {total:.0f} s</p>
 <p>Models trained from scratch on the generated shapes world (exact ground truth): a GPT-2-style captioner,
 pretrained with LM on English and Chinese captions while its tower learns to name the object on each image
-token (object-level supervision), then fine-tuned per language; a retrieval dual encoder on the captioner's
-frozen tower, pooling per object, with a text tower trained by image-text contrast (ITC), its candidates
-re-ranked by the English captioner's likelihood; a VQA model with question-guided hops that starts from the captioner's tower. Every number below is read from the JSON that
+token (object-level supervision); a VQA model with question-guided hops that starts from the captioner's tower;
+a retrieval dual encoder on the captioner's frozen tower, pooling per object, with a text tower trained by
+image-text contrast (ITC), its candidates re-ranked by the English captioner's likelihood; English and Chinese
+captioners: the pretrained decoder on the VQA model's tower, fine-tuned per language. Every number below is read from the JSON that
 <code>polymodal eval</code> wrote (<code>{html.escape(str(out / 'metrics'))}</code>); the shuffled baseline
 scores the same predictions given to other test items (chance level); the question-only baseline answers each
 VQA question with its most common training answer, never looking at the image. <b>comp</b> is the compositional split:
