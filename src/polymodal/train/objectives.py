@@ -479,17 +479,8 @@ class ObjectAttributes(Objective):
                 for a, classes in vocab.items():
                     # a value the model has no class for is ignored, not "no object"
                     targets[a][i, t] = classes.get(str(o.get(a)), -100) if o.get(a) is not None else -100
-        losses, correct, total = [], 0.0, 0.0
-        for a, logits in logits_of.items():
-            t = targets[a].to(logits.device)
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
-            on = t > 0
-            if on.any():
-                correct += (logits.argmax(-1)[on] == t[on]).float().sum()
-                total += float(on.sum())
-        loss = torch.stack(losses).sum()
-        acc = torch.as_tensor(correct / total if total else 0.0)
-        logs = {"loss": loss.detach(), "acc": acc.detach() if torch.is_tensor(acc) else acc}
+        loss, acc = _attribute_loss(logits_of, targets, list(logits_of))
+        logs = {"loss": loss.detach(), "acc": acc}
         if self.recolor and model.training:
             extra, logs["recolor_acc"] = self._recolor_loss(model, batch["pixel_values"][pixel_rows], targets)
             loss = loss + extra
@@ -500,15 +491,22 @@ class ObjectAttributes(Objective):
         (`pixels` (R, 3, H, W) and `targets` {attribute: (R, N)} row for row)."""
         pick = torch.randperm(len(pixels))[:max(1, round(self.recolor * len(pixels)))]
         image = model.encode_image_features(hue_rotate(pixels[pick], self.mean, self.std))
-        logits_of = model.object_logits(image)
-        losses, correct, total = [], 0.0, 0.0
-        for a in self._recolored(list(logits_of)):
-            logits, t = logits_of[a], targets[a][pick].to(logits_of[a].device)
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
-            on = t > 0
-            correct += float((logits.argmax(-1)[on] == t[on]).sum())
-            total += float(on.sum())
-        return torch.stack(losses).sum(), torch.as_tensor(correct / total if total else 0.0)
+        return _attribute_loss(model.object_logits(image), {a: t[pick] for a, t in targets.items()},
+                               self._recolored(list(targets)))
+
+
+def _attribute_loss(logits_of: dict, targets: dict, attributes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of the heads of `attributes` against their token targets (-100:
+    ignored), and their accuracy on the tokens that hold an object (a detached scalar)."""
+    losses, correct, total = [], 0.0, 0.0
+    for a in attributes:
+        logits = logits_of[a]
+        t = targets[a].to(logits.device)
+        losses.append(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100))
+        on = t > 0
+        correct += float((logits.argmax(-1)[on] == t[on]).sum())
+        total += float(on.sum())
+    return torch.stack(losses).sum(), torch.as_tensor(correct / total if total else 0.0)
 
 
 def hue_rotate(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
