@@ -63,3 +63,19 @@ def test_trained_tokenizer_covers_chinese_and_round_trips(tmp_path):
     assert proc.decode(ids) == ["a small red circle.", "一个小的红色圆形。"]
     assert (proc.tokenizer.pad_token_id, proc.tokenizer.cls_token_id, proc.tokenizer.sep_token_id) == (0, 2, 3)
     assert len(proc.tokenizer) < 200
+
+
+def test_texts_cut_at_max_length_are_warned_about_once(caplog):
+    """A text longer than max_length is cut (as before) and says so, once per processor; texts
+    that fit, even exactly, say nothing."""
+    import logging
+
+    proc = Processor(tokenizer="minilm", max_length=6)
+    with caplog.at_level(logging.WARNING, logger="polymodal.processing"):
+        fit = proc.tokenize(["a red circle", "one two three four"])    # 4 and 6 tokens with [CLS]/[SEP]
+        assert not caplog.records and fit["input_ids"].shape[1] == 6
+        cut = proc.tokenize(["a red circle and a blue square and a green cross"])
+        assert cut["input_ids"].shape[1] == 6
+        assert len(caplog.records) == 1 and "max_length=6" in caplog.text and "1 of 1" in caplog.text
+        proc.tokenize(["a red circle and a blue square and a green cross"])
+        assert len(caplog.records) == 1

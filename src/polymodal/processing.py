@@ -7,6 +7,7 @@ beside it) and rebuilt from there.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -18,6 +19,8 @@ from PIL import Image
 from polymodal.data.images import load_image
 from polymodal.errors import CheckpointError
 from polymodal.pretrained import PACKAGED, resolve_pretrained
+
+log = logging.getLogger(__name__)
 from polymodal.registry import check_kwargs
 
 #: ImageNet statistics (most HF vision towers) and CLIP's, for reference in recipes.
@@ -118,6 +121,7 @@ class Processor:
         self.image = ImageProcessor(**image)
         self.tokenizer_source, self.max_length = tokenizer, max_length
         self.tokenizer = _load_tokenizer(tokenizer)
+        self._cut_noted = False
 
     @classmethod
     def from_spec(cls, spec: dict, where: str = "processor", base_dir: Path | None = None) -> "Processor":
@@ -146,9 +150,26 @@ class Processor:
         return self.image(images)
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length or self.max_length,
-                             return_tensors="pt")
+        texts, limit = list(texts), max_length or self.max_length
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        if not self._cut_noted:
+            self._note_cut(texts, enc["attention_mask"].sum(1), limit)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def _note_cut(self, texts: list[str], lengths: torch.Tensor, limit: int) -> None:
+        """Warn (once per processor) when texts are longer than `limit` tokens: they are cut, and
+        a caption cut short teaches a decoder to stop mid-sentence. Only the texts that reach the
+        limit are tokenized again, in full."""
+        at_limit = [texts[i] for i in (lengths >= limit).nonzero().flatten().tolist()]
+        if not at_limit:
+            return
+        full = [len(ids) for ids in self.tokenizer(at_limit, truncation=False)["input_ids"]]
+        cut = [n for n in full if n > limit]
+        if cut:
+            self._cut_noted = True
+            log.warning("%d of %d texts in a batch are longer than max_length=%d tokens (up to %d) and are cut; "
+                        "raise processor.max_length if they should be whole (warned once)",
+                        len(cut), len(texts), limit, max(cut))
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Token ids (B, T) -> texts; no spaces are put between Chinese characters."""
