@@ -39,9 +39,14 @@ def test_vqa_predictions_perfect_and_shuffled(world, tmp_path):
 def test_caption_predictions_score_and_hallucination(world, tmp_path):
     recs = list(open_dataset(f"shapes:{world}:captions", "test"))
     perfect = _write(tmp_path / "c.jsonl", [{"id": r["id"], "caption": r["captions"][0]} for r in recs])
+    from polymodal.tasks.captioning import caption_scorer
+
     res = evaluate("captioning", world, predictions=perfect, split="test", baseline=True)
     m, b = res["metrics"], res["baseline"]
     assert m["bleu_4"] > 0.6 and m["cider_d"] > 2 * b["cider_d"]
+    # one METEOR process serves the model's scores, the baseline's and the next evaluation's
+    meteor = caption_scorer("en")._meteor
+    assert meteor is not None and meteor.alive and m["meteor"] > b["meteor"]
     assert m["chair_i"] == 0.0 and m["chair_s"] == 0.0 and m["object_recall"] > 0.9
     assert b["chair_s"] > 0.5  # another image's caption names objects this scene lacks
     # A caption naming a shape the scene lacks hallucinates, every time.
@@ -53,6 +58,7 @@ def test_caption_predictions_score_and_hallucination(world, tmp_path):
     lie = _write(tmp_path / "lie.jsonl", [{"id": r["id"], "caption": f"A large {absent(r['scene'])}."} for r in recs])
     m = evaluate("captioning", world, predictions=lie, split="test")["metrics"]
     assert m["chair_s"] == 1.0 and m["chair_i"] == 1.0
+    assert caption_scorer("en")._meteor is meteor and meteor.alive
 
 
 def test_chinese_captions_are_scored_by_character(world, tmp_path):
@@ -287,3 +293,28 @@ def test_retrieval_reranked_by_a_captioner(world, tmp_path):
     res = runner.invoke(app, ["eval", "--model", "vqa-tiny", "--rerank", "captioner-tiny", "--data", str(world),
                               "--task", "vqa", "--split", "test"])
     assert res.exit_code != 0 and "--task retrieval" in res.output
+
+
+def test_eval_passes_repetition_controls_to_generation(world, monkeypatch):
+    """--repetition-penalty / --no-repeat-ngram reach the captioner's generation; a task whose
+    model writes no text refuses them, naming the flag."""
+    import polymodal.eval.run as run
+
+    seen = {}
+
+    def fake(task, data, **kw):
+        seen.update(kw)
+        return {"task": "captioning", "n": 0, "metrics": {}}
+
+    monkeypatch.setattr(run, "evaluate", fake)
+    res = runner.invoke(app, ["eval", "--model", "captioner-tiny", "--data", str(world), "--task", "captioning",
+                              "--split", "test", "--beams", "3", "--repetition-penalty", "1.5", "--no-repeat-ngram", "3",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert (seen["num_beams"], seen["repetition_penalty"], seen["no_repeat_ngram_size"]) == (3, 1.5, 3)
+    res = runner.invoke(app, ["eval", "--model", "clip-tiny", "--data", str(world), "--task", "retrieval",
+                              "--split", "test", "--repetition-penalty", "1.5"])
+    assert res.exit_code != 0 and "--repetition-penalty" in res.output
+    res = runner.invoke(app, ["eval", "--model", "captioner-tiny", "--data", str(world), "--task", "captioning",
+                              "--repetition-penalty", "0.5"])
+    assert res.exit_code != 0 and "--repetition-penalty" in res.output

@@ -32,6 +32,11 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
                                                             help="write the predictions: FILE.json as a JSON array "
                                                                  "(the official result format), else JSON Lines"),
              beams: int = typer.Option(1, "--beams", min=1), max_tokens: int = typer.Option(32, "--max-tokens", min=1),
+             repetition_penalty: Optional[float] = typer.Option(
+                 None, "--repetition-penalty", min=1.0,
+                 help="generation: divide the scores of tokens already written by this (1: off)"),
+             no_repeat_ngram: Optional[int] = typer.Option(
+                 None, "--no-repeat-ngram", min=1, help="generation: never repeat an n-gram of this size"),
              batch_size: int = typer.Option(32, "--batch-size", min=1),
              rerank: Optional[str] = typer.Option(None, "--rerank",
                                                   help="retrieval: re-score each direction's top candidates with "
@@ -45,6 +50,12 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     spec = get_task(task)
     # Generation settings for the tasks whose model writes text (the task may fix the length).
     gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
+    for key, value in (("repetition_penalty", repetition_penalty), ("no_repeat_ngram_size", no_repeat_ngram)):
+        if value is not None:
+            if not spec.generates:
+                raise DataError(f"--{key.replace('_size', '').replace('_', '-')} is a generation setting: "
+                                f"{spec.name} models do not generate text")
+            gen[key] = value
     if rerank is not None:
         if spec.name != "retrieval":
             raise DataError(f"--rerank re-ranks retrieval candidates: use it with --task retrieval, not {task}")

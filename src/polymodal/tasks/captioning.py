@@ -10,6 +10,19 @@ def caption_field(lang: str) -> str:
     return "captions_zh" if lang == "zh" else "captions"
 
 
+_SCORERS: dict = {}
+
+
+def caption_scorer(lang: str):
+    """The process's caption scorer for `lang`, made on first use and kept: its METEOR Java
+    process (~10 s to start) then serves every evaluation of the process (a model and its
+    shuffled baseline, each split of a demo) instead of starting anew each time. The process
+    stops when the interpreter exits (`CaptionMetrics`)."""
+    if lang not in _SCORERS:
+        _SCORERS[lang] = metric({"type": "captioning", "lang": lang})
+    return _SCORERS[lang]
+
+
 @register_task
 class Captioning(Task):
     name = "captioning"
@@ -48,8 +61,7 @@ class Captioning(Task):
         field = caption_field(lang)
         refs = {k: (r.get(field) or [r.get("caption")]) for k, r in by_key.items()}
         preds = {k: v for k, v in predictions.items() if k in refs}
-        with metric({"type": "captioning", "lang": lang}) as m:
-            out = m(predictions=preds, references={k: refs[k] for k in preds})
+        out = caption_scorer(lang)(predictions=preds, references={k: refs[k] for k in preds})
         scenes = {k: r["scene"] for k, r in by_key.items() if "scene" in r}
         if scenes and set(preds) <= set(scenes):
             chair = metric({"type": "shapes_chair"})(captions=preds, scenes={k: scenes[k] for k in preds}, lang=lang)
