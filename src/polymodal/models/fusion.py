@@ -617,8 +617,9 @@ class HopAttentionFusion(Fusion):
                 a = probs[:, 0, 0]  # downstream reads the recorded tensor, so its gradient is the hop's
             found = (a.unsqueeze(-1) * values).sum(1)                                            # (B, dim)
             xy = (a.unsqueeze(-1) * pos).sum(1)                                                  # (B, 2)
-            # how many: the sigmoid gates summed (with attribute_match, of the match term alone)
-            gates = logits if self.match_words is None else (match + self.gate_bias[k]).masked_fill(~img_mask, -1e4)
+            # how many: the sigmoid gates of the real tokens summed (with attribute_match, of the
+            # match term alone)
+            gates = logits if self.match_words is None else match + self.gate_bias[k]
             count = (torch.sigmoid(gates) * img_mask).sum(-1, keepdim=True)                      # (B, 1)
             parts += [found, xy, count]
             where.append((found, xy))
