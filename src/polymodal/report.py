@@ -89,6 +89,7 @@ def metrics_rows(out: Path) -> list[dict]:
 def _gallery(out: Path, n: int = 8) -> str:
     import polymodal
     from polymodal.data import open_dataset
+    from polymodal.demo import CAPTION_GENERATION
 
     runs = out / "runs"
     caps = list(open_dataset(f"shapes:{out / 'data'}:captions", "test"))[:n]
@@ -97,8 +98,8 @@ def _gallery(out: Path, n: int = 8) -> str:
     for q in vqa:
         by_image.setdefault(q["image_id"], []).append(q)
     images = [c["image"] for c in caps]
-    en = polymodal.load(runs / "caption_en" / "best").caption(images, num_beams=3, max_new_tokens=40)
-    zh = polymodal.load(runs / "caption_zh" / "best").caption(images, num_beams=3, max_new_tokens=48)
+    en = polymodal.load(runs / "caption_en" / "best").caption(images, **CAPTION_GENERATION["en"])
+    zh = polymodal.load(runs / "caption_zh" / "best").caption(images, **CAPTION_GENERATION["zh"])
     qs = [(by_image.get(c["id"]) or [None])[0] for c in caps]
     asked = [(c["image"], q) for c, q in zip(caps, qs) if q is not None]
     answers = polymodal.load(runs / "vqa" / "best").answer([a for a, _ in asked], [q["question"] for _, q in asked])
