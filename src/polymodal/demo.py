@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Budget:
-    """How much data and training: `full` fits ~10 minutes on 2 CPU cores, `quick` ~1 minute."""
+    """How much data and training: `full` takes 20 minutes on the slowest 2-core machine measured
+    (docs/results.md, "The demo"), `quick` ~1 minute."""
 
     n_images: int
     lm_steps: int
