@@ -9,7 +9,7 @@ from _helpers import processor_for, run_config
 from _synthetic import collator, records
 from polymodal.models.base import Features
 from polymodal.train import train
-from polymodal.train.feature_cache import FeatureCache, cached_frozen_tower
+from polymodal.train.feature_cache import FeatureCache, cached_frozen_tower, feature_cache_off
 
 
 def _run(out, cache_gb, freeze=("vision",)):
@@ -66,3 +66,20 @@ def test_cache_answers_seen_images_and_keeps_to_its_budget():
     assert cache.bytes <= cache.max_bytes and len(cache.rows) < 6   # the oldest went
     cache(images[[0]])
     assert tower.calls == 7
+
+
+def test_feature_cache_off_computes_afresh_and_keeps_nothing():
+    """A view made for one step (the recoloured copy of object_attributes) passes the cache by."""
+    tower = _Tower().requires_grad_(False)
+    model = torch.nn.ModuleDict({"vision": tower})
+    images = torch.randn(3, 3, 4, 4)
+    with cached_frozen_tower(model, 1) as cache:
+        model["vision"](images)
+        with feature_cache_off(model):
+            got = model["vision"](images + 1)
+        assert cache.misses == 3 and len(cache.rows) == 3 and tower.calls == 6   # images through the tower
+        torch.testing.assert_close(got.tokens, tower.cached_forward(images + 1).tokens)
+        model["vision"](images)
+        assert cache.hits == 3                       # the cache is back on
+    with feature_cache_off(model):                   # no cache: nothing to turn off
+        model["vision"](images)

@@ -106,6 +106,23 @@ def frozen_image_tower(model: nn.Module) -> nn.Module | None:
 
 
 @contextmanager
+def feature_cache_off(model: nn.Module):
+    """While inside, the model's image tower computes its features afresh even under
+    `cached_frozen_tower`: for views made for one step only (a recoloured copy of the batch),
+    which would fill the cache with rows never reused."""
+    tower = getattr(model, "vision", None)
+    uncached = getattr(tower, "cached_forward", None)
+    if uncached is None:
+        yield
+        return
+    cache, tower.forward = tower.forward, uncached
+    try:
+        yield
+    finally:
+        tower.forward = cache
+
+
+@contextmanager
 def cached_frozen_tower(model: nn.Module, max_gb: float):
     """While inside, the frozen image tower of `model` answers from a `FeatureCache` of `max_gb`
     GiB (0: no cache), which the context yields (None when there is none). The tower's weights and

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from polymodal.errors import ConfigError
 from polymodal.models.base import select
 from polymodal.registry import OBJECTIVES
+from polymodal.train.feature_cache import feature_cache_off
 
 
 class Objective:
@@ -490,7 +491,8 @@ class ObjectAttributes(Objective):
         """The heads of the hue-invariant attributes, on a hue-rotated view of some of the images
         (`pixels` (R, 3, H, W) and `targets` {attribute: (R, N)} row for row)."""
         pick = torch.randperm(len(pixels))[:max(1, round(self.recolor * len(pixels)))]
-        image = model.encode_image_features(hue_rotate(pixels[pick], self.mean, self.std))
+        with feature_cache_off(model):      # a view of this step only: nothing to keep
+            image = model.encode_image_features(hue_rotate(pixels[pick], self.mean, self.std))
         return _attribute_loss(model.object_logits(image), {a: t[pick] for a, t in targets.items()},
                                self._recolored(list(targets)))
 
