@@ -112,3 +112,23 @@ def test_auto_precision_measures_without_side_effects(tiny_run, tmp_path):
     a = load_file(str(auto.last_checkpoint / "model.safetensors"))
     b = load_file(str(direct.last_checkpoint / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_measurement_stops_once_the_choice_is_clear(monkeypatch):
+    """After the warm-up round, a precision twice as slow as the other ends the measurement
+    (no repeat could change the choice); close times get every repeat."""
+    import time as time_module
+
+    from polymodal.train import precision
+
+    for slow_bf16, rounds, choice in ((10.0, 2, "no"), (1.05, 3, "no"), (0.3, 2, "bf16")):
+        clock, calls = [0.0], []
+
+        def step():
+            bf16 = torch.is_autocast_enabled("cpu")
+            calls.append(bf16)
+            clock[0] += slow_bf16 if bf16 else 1.0
+
+        monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+        assert precision.measure_bf16(step, repeats=2) == choice
+        assert len(calls) == 2 * rounds, (slow_bf16, calls)
