@@ -19,9 +19,9 @@ from PIL import Image
 from polymodal.data.images import load_image
 from polymodal.errors import CheckpointError
 from polymodal.pretrained import PACKAGED, resolve_pretrained
+from polymodal.registry import check_kwargs
 
 log = logging.getLogger(__name__)
-from polymodal.registry import check_kwargs
 
 #: ImageNet statistics (most HF vision towers) and CLIP's, for reference in recipes.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -50,11 +50,11 @@ def eval_cmd(data: str = typer.Option(..., "--data", "-d", help="dataset spec or
     spec = get_task(task)
     # Generation settings for the tasks whose model writes text (the task may fix the length).
     gen = {"num_beams": beams, "max_new_tokens": spec.max_new_tokens or max_tokens} if spec.generates else {}
-    for key, value in (("repetition_penalty", repetition_penalty), ("no_repeat_ngram_size", no_repeat_ngram)):
+    for flag, key, value in (("--repetition-penalty", "repetition_penalty", repetition_penalty),
+                             ("--no-repeat-ngram", "no_repeat_ngram_size", no_repeat_ngram)):
         if value is not None:
             if not spec.generates:
-                raise DataError(f"--{key.replace('_size', '').replace('_', '-')} is a generation setting: "
-                                f"{spec.name} models do not generate text")
+                raise DataError(f"{flag} is a generation setting: {spec.name} models do not generate text")
             gen[key] = value
     if rerank is not None:
         if spec.name != "retrieval":

@@ -530,7 +530,6 @@ def hue_rotate(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     return (rgb - mean) / std
 
 
-
 # ------------------------------------------------------------- boxes: set matching (DETR)
 def hungarian_match(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The one-to-one assignment of predictions to targets of least total cost.
