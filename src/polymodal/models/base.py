@@ -29,6 +29,8 @@ class Features:
         a softmax over none + its values, concatenated), set by the families that have heads.
     embeddings: (B, T, D) the text tokens' input (word) embeddings, before any context: a
         fusion can read which words a question holds from them directly.
+    colorblind: (B, N, K) the tokens of a colour-blind stream of the image tower (`conv_stem`
+        `colorblind`), which the object heads of attributes other than colour read.
     """
 
     tokens: torch.Tensor
@@ -38,6 +40,7 @@ class Features:
     attention: torch.Tensor | None = None
     attributes: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    colorblind: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -64,7 +67,7 @@ def build(registry, spec: dict, where: str, **injected) -> nn.Module:
 def select(f: Features, index: torch.Tensor) -> Features:
     """The rows `index` (B',) of batched Features (shared positions stay shared)."""
     pos = f.positions if f.positions is None or f.positions.dim() == 2 else f.positions[index]
-    rows = [None if t is None else t[index] for t in (f.attention, f.attributes, f.embeddings)]
+    rows = [None if t is None else t[index] for t in (f.attention, f.attributes, f.embeddings, f.colorblind)]
     return Features(f.tokens[index], f.mask[index], f.pooled[index], pos, *rows)
 
 

@@ -24,6 +24,12 @@ from polymodal.models.heads import ClassifierHead, MLMHead, ProjectionHead, SetP
 from polymodal.registry import DECODERS, FUSIONS, MODELS, TEXT, VISION
 
 
+def colour_free(attributes) -> list[str]:
+    """The attribute names of `attributes` but one named color/colour: those a change of colour
+    leaves as they are (read by a colour-blind stream, learnt on a recoloured view)."""
+    return [a for a in attributes if a.lower() not in ("color", "colour")]
+
+
 class _Towers(Component):
     """Shared by every family: the two towers and their export."""
 
@@ -48,7 +54,10 @@ class _Towers(Component):
     # ---- object-level supervision of the vision tower, shared by every family
     def _build_object_heads(self, object_attributes: dict[str, list[str]] | None, attribute_tokens: bool):
         self.object_attributes = {k: list(v) for k, v in (object_attributes or {}).items()}
-        self.object_heads = nn.ModuleDict({k: nn.Linear(self.vision.dim, 1 + len(v))
+        # a tower with a colour-blind stream: the heads of every attribute but colour read it alone
+        cb = getattr(self.vision, "colorblind_dim", 0)
+        self.colorblind_heads = colour_free(self.object_attributes) if cb else []
+        self.object_heads = nn.ModuleDict({k: nn.Linear(cb if k in self.colorblind_heads else self.vision.dim, 1 + len(v))
                                            for k, v in self.object_attributes.items()}) or None
         if attribute_tokens and not self.object_heads:
             raise ConfigError("model.spec.attribute_tokens needs object_attributes ({attribute: [values]})")
@@ -57,7 +66,10 @@ class _Towers(Component):
 
     def object_logits(self, image: Features) -> dict[str, torch.Tensor] | None:
         """What the object heads read on each image token: {attribute: (B, N, 1 + values)}."""
-        return {k: h(image.tokens) for k, h in self.object_heads.items()} if self.object_heads else None
+        if not self.object_heads:
+            return None
+        return {k: h(image.colorblind if k in self.colorblind_heads else image.tokens)
+                for k, h in self.object_heads.items()}
 
     def read_attributes(self, image: Features, object_logits: dict[str, torch.Tensor] | None = None) -> Features:
         """The image features the rest of the model sees. With object heads, what they read on

@@ -20,7 +20,7 @@ from polymodal.models.base import Features
 
 log = logging.getLogger(__name__)
 
-_ROW_FIELDS = ("tokens", "mask", "pooled", "attention", "attributes", "embeddings")
+_ROW_FIELDS = ("tokens", "mask", "pooled", "attention", "attributes", "embeddings", "colorblind")
 
 
 class FeatureCache:
@@ -94,7 +94,8 @@ def _stack(rows: list[dict]) -> Features:
     first = rows[0]
     positions = first["positions"] if first["shared"] or first["positions"] is None else col("positions")
     return Features(tokens=col("tokens"), mask=col("mask"), pooled=col("pooled"), positions=positions,
-                    attention=col("attention"), attributes=col("attributes"), embeddings=col("embeddings"))
+                    attention=col("attention"), attributes=col("attributes"), embeddings=col("embeddings"),
+                    colorblind=col("colorblind"))
 
 
 def frozen_image_tower(model: nn.Module) -> nn.Module | None:

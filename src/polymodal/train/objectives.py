@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from polymodal.errors import ConfigError
 from polymodal.models.base import select
+from polymodal.models.families import colour_free
 from polymodal.registry import OBJECTIVES
 from polymodal.train.feature_cache import feature_cache_off
 
@@ -453,7 +454,7 @@ class ObjectAttributes(Objective):
     def _recolored(self, names: list[str]) -> list[str]:
         if self.recolor_attributes is not None:
             return self.recolor_attributes
-        return [a for a in names if a.lower() not in ("color", "colour")]
+        return colour_free(names)
 
     def __call__(self, model, batch):
         out = _forward(model, batch)
