@@ -67,8 +67,11 @@ def _towers(b: Budget) -> dict:
     The conv grid's tokens carry their (x, y) place (`Features.positions`), which the VQA
     model's hops read. CoordConv inputs (`coords: true`) cost the captioner at this budget
     (docs/results.md: LM validation loss 0.585 vs 0.529 from scratch), so the demo leaves them off.
+    The colour-blind stream (`colorblind`) is what the shape and size heads read: colour-shape
+    pairs never seen in training are read as the seen ones (docs/results.md, "The compositional
+    split": VQA comp 0.830 -> 0.939, shapes of held-out pairs read 0.655 -> 0.955).
     """
-    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32},
+    return {"vision": {"type": "conv_stem", "dim": b.dim, "depth": 3, "width": 32, "colorblind": 64},
             "text": {"type": "bert", "hidden_size": b.dim, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "max_position_embeddings": 64}}
 
