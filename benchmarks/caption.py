@@ -7,7 +7,7 @@ with `save_pretrained` — the ViT-GPT-2 layout) captions the same shapes-world 
   transformers bN      ViTImageProcessor + model.generate, N images at a time (N = 1: the model
                        card's loop)
   polymodal bN         polymodal.load(dir, fast_preprocess=True).caption(paths, batch_size=N)
-  polymodal bN, LEVER  the same with one inference option (bf16 autocast; dynamic int8
+  polymodal bN, LEVER  the same with one load option (bf16=True: bf16 autocast; int8=True: dynamic int8
                        quantisation of the Linear layers), the captions compared
 
 Images/s are medians of alternating rounds; every contender's captions are compared string for
@@ -63,14 +63,6 @@ def images(work: Path, n: int) -> list[str]:
     return sorted(str(p) for p in (out / "images").rglob("*.png"))[:n]
 
 
-def int8(loaded):
-    """Dynamic int8 quantisation (torch.ao) of the Linear layers of a loaded model, in place."""
-    from torch.ao.quantization import quantize_dynamic
-
-    loaded.model = quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return loaded
-
-
 def run(size: Size, work: Path) -> dict:
     from PIL import Image
     from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
@@ -96,7 +88,7 @@ def run(size: Size, work: Path) -> dict:
 
     pm = polymodal.load(ckpt, fast_preprocess=True)
     pm_bf16 = polymodal.load(ckpt, fast_preprocess=True, bf16=True)
-    pm_int8 = int8(polymodal.load(ckpt, fast_preprocess=True))
+    pm_int8 = polymodal.load(ckpt, fast_preprocess=True, int8=True)
     big = max(size.caption_batches)
 
     def ours(m, b):

@@ -145,7 +145,7 @@ LEVERS = """## Levers: the options, their defaults, where they are measured
 | bf16 autocast | `precision: auto` (default: times one step in each and keeps the faster), `bf16`, `no`; inference `polymodal.load(..., bf16=True)` (off) | training `precision=bf16` rows; MFU table (both step times); captioning `bf16=True` row with the share of identical captions |
 | fused AdamW | always (`train/optim.py`); the plain `Trainer` uses it too (`adamw_torch_fused`, its default) | equal in both loops |
 | beams share their image's cross-attention keys/values | always for GPT-2 decoders (`models/generation.py`), exact | captioning table, polymodal rows |
-| dynamic int8 quantisation (CPU inference) | not an option of `polymodal.load` yet; measured with `torch.ao.quantization.quantize_dynamic` on the loaded model's `nn.Linear` layers (GPT-2's `Conv1D` layers are not `nn.Linear` and stay fp32) | captioning table, `int8` row, with the share of identical captions |
+| dynamic int8 quantisation (CPU inference) | `polymodal.load(..., int8=True)` (off): `torch.ao.quantization.quantize_dynamic` on the model's `nn.Linear` layers (GPT-2's `Conv1D` layers are not `nn.Linear` and stay fp32) | captioning table, `int8` row, with the share of identical captions |
 | thread settings | torch's default (one thread per core); on a machine shared with other jobs one thread per process (`OMP_NUM_THREADS=1`) avoids OpenMP barrier stalls of ~10 ms per parallel operator, measured on the development machine under load | `threads` in the header |
 | `torch.compile`, channels-last convolutions, static KV cache | not measured yet | — |
 

@@ -104,6 +104,16 @@ def test_classify_and_embed(folder, tmp_path):
     assert len(rows) == 2 and np.linalg.norm(rows[0]["embedding"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_int8_load_of_a_native_checkpoint_embeds_close_to_float32(folder, tmp_path):
+    ckpt = _save("clip-tiny", tmp_path / "clip")
+    images = [str(folder / f"img{i}.png") for i in range(4)]
+    f32 = polymodal.load(ckpt).embed_images(images)
+    q = polymodal.load(ckpt, int8=True)
+    e = q.embed_images(images)
+    assert type(q.model.image_proj.proj).__name__ == "Linear" and type(q.model.image_proj.proj) is not torch.nn.Linear
+    assert not np.array_equal(f32, e) and (f32 * e).sum(1).min() > 0.95
+
+
 def test_unknown_model_source_is_exit_2(tmp_path):
     res = runner.invoke(app, ["caption", "--model", str(tmp_path / "nope"), "x.png"])
     assert res.exit_code == 2 and "neither a directory nor a recipe name" in res.output

@@ -407,6 +407,25 @@ def test_fast_preprocess_and_bf16_through_load(ved_dir, clip_dir, images):
     assert all(isinstance(c, str) for c in polymodal.load(ved_dir, bf16=True).caption(images, max_length=8))
 
 
+def test_int8_quantises_the_linear_layers_through_load(ved_dir, clip_dir, images):
+    """`int8=True`: the Linear layers become dynamically quantised ones; embeddings stay close to
+    float32 and captions are still written; on a GPU it is refused, naming the option."""
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    f32 = polymodal.load(clip_dir).embed_images(images)
+    q = polymodal.load(clip_dir, int8=True)
+    assert any(isinstance(m, QLinear) for m in q.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
+    e = q.embed_images(images)
+    assert not np.array_equal(f32, e) and (f32 * e).sum(1).min() > 0.95
+    assert all(isinstance(c, str) for c in polymodal.load(ved_dir, int8=True).caption(images, max_length=8, num_beams=2))
+    from polymodal.errors import ConfigError
+    from polymodal.infer.loaded import quantize_int8
+
+    with pytest.raises(ConfigError, match="int8"):
+        quantize_int8(torch.nn.Linear(2, 2), "cuda")
+
+
 @pytest.mark.parametrize("arch", ["clip", "siglip", "ved"])
 def test_explain_hugging_face_checkpoints(arch, clip_dir, siglip_dir, ved_dir, images):
     """polymodal explains the HF checkpoints it loads: maps of each image's size in [0, 1] that

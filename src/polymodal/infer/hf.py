@@ -35,7 +35,7 @@ import numpy as np
 
 from polymodal.errors import CheckpointError, ConfigError, DataError
 from polymodal.infer.inputs import IMAGE_SUFFIXES, as_image_list, batches, check_labels, check_texts, read_image
-from polymodal.infer.loaded import HF_BATCH_SIZE, ZERO_SHOT_TEMPLATE, GenerationOptions, LoadedModel
+from polymodal.infer.loaded import HF_BATCH_SIZE, ZERO_SHOT_TEMPLATE, GenerationOptions, LoadedModel, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULT_BATCH_SIZE = HF_BATCH_SIZE
 
 
 def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-            bf16: bool = False, fast_preprocess: bool = False) -> "HFModel":
+            bf16: bool = False, fast_preprocess: bool = False, int8: bool = False) -> "HFModel":
     """Load a Hugging Face model directory (`save_pretrained` layout) as a LoadedModel.
 
     Args:
@@ -56,6 +56,8 @@ def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZ
         fast_preprocess: replace the checkpoint's image processor by a batched tensor version
             with the same resize filter and arithmetic (`polymodal.infer.hf_images`); used only where it
             understands every setting of the processor.
+        int8: dynamic int8 quantisation of the model's `nn.Linear` layers (CPU only;
+            `polymodal.infer.loaded.quantize_int8`); outputs change.
     """
     import torch
 
@@ -73,6 +75,8 @@ def load_hf(path, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZ
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = _from_pretrained(wrapper.hf_class, path)
     model.to(device).eval().requires_grad_(False)
+    if int8:
+        model = quantize_int8(model, device)
     image_processor, tokenizer = _load_processors(path)
     log.info("loaded %s from %s as %s on %s", arch, path, wrapper.__name__, device)
     fast = None

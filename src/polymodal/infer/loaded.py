@@ -30,6 +30,28 @@ HF_BATCH_SIZE = 8
 NATIVE_GENERATION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
 
 
+def quantize_int8(model, device) -> Any:
+    """Dynamic int8 quantisation of a model's `nn.Linear` layers for CPU inference
+    (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantised per batch on
+    the fly). Outputs change (docs/benchmarks.md reports how much beside the speed); layers that
+    are not `nn.Linear` (convolutions, GPT-2's `Conv1D`) stay float32. `load(..., int8=True)`."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"int8=True: dynamic int8 quantisation runs on the CPU only, and this model is on "
+                          f"{device}; load it with device='cpu', or without int8")
+    try:   # deprecated by PyTorch (torch 2.13 warns) in favour of the separate torchao package
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:
+        raise ConfigError(f"int8=True needs torch.ao.quantization.quantize_dynamic, which this torch "
+                          f"{torch.__version__} no longer has; load without int8") from exc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """How a model writes text, for every backend: `caption`, `answer`, `translate` take these.
@@ -192,7 +214,9 @@ def load(source, **kwargs) -> LoadedModel:
 
     Args:
         source: a directory path or a registered recipe name.
-        kwargs: passed to the specific loader (e.g. `device`, `dtype`).
+        kwargs: passed to the specific loader: `device`, `batch_size`, `bf16` (bf16 autocast),
+            `int8` (dynamic int8 quantisation of the Linear layers, CPU: `quantize_int8`), and
+            for Hugging Face directories `fast_preprocess`.
     """
     path = Path(str(source)).expanduser()
     if path.is_dir():

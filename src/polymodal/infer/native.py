@@ -12,7 +12,7 @@ import torch
 from polymodal.errors import ConfigError
 from polymodal.infer.inputs import as_image_list, check_labels, check_pairs, check_texts, chunks
 from polymodal.infer.loaded import (NATIVE_BATCH_SIZE, NATIVE_GENERATION, ZERO_SHOT_TEMPLATE, GenerationOptions,
-                                    LoadedModel)
+                                    LoadedModel, quantize_int8)
 from polymodal.models.families import EncoderDecoder, FusionEncoder
 from polymodal.tasks import get_task, offered_methods
 
@@ -25,11 +25,14 @@ class NativeModel(LoadedModel):
         model, processor, config: as returned by `load_checkpoint` (config holds `task`).
         device: torch device. batch_size: images per forward pass.
         bf16: run under bf16 autocast (CPU AMX / GPU); off by default so outputs match fp32.
+        int8: dynamic int8 quantisation of the Linear layers (CPU only; `quantize_int8`); off by
+            default: outputs change.
     """
 
     def __init__(self, model, processor, config: dict, device: str = "cpu", batch_size: int = NATIVE_BATCH_SIZE,
-                 bf16: bool = False):
-        self.model, self.processor, self.config = model.to(device).eval(), processor, config
+                 bf16: bool = False, int8: bool = False):
+        model = model.to(device).eval()
+        self.model, self.processor, self.config = quantize_int8(model, device) if int8 else model, processor, config
         self.device, self.batch_size, self.bf16 = torch.device(device), batch_size, bf16
         self.task = config.get("task") or "pretrain"
         self.kind = _kind(self.task)
