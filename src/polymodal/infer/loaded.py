@@ -40,15 +40,19 @@ def quantize_int8(model, device) -> Any:
     if torch.device(device).type != "cpu":
         raise ConfigError(f"int8=True: dynamic int8 quantisation runs on the CPU only, and this model is on "
                           f"{device}; load it with device='cpu', or without int8")
-    try:   # deprecated by PyTorch (torch 2.13 warns) in favour of the separate torchao package
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError as exc:
-        raise ConfigError(f"int8=True needs torch.ao.quantization.quantize_dynamic, which this torch "
-                          f"{torch.__version__} no longer has; load without int8") from exc
     import warnings
 
+    # torch.ao.quantization is deprecated by PyTorch in favour of the torchao package: its notices
+    # (at import and while converting) are not the user's to act on
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.ao\.")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError as exc:
+            raise ConfigError(f"int8=True needs torch.ao.quantization.quantize_dynamic, which this torch "
+                              f"{torch.__version__} no longer has; load without int8") from exc
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 

@@ -173,7 +173,7 @@ class ConvStemEncoder(Component):
         each channel alone (same weights) and keeps the strongest response of the C."""
         x = None
         for i, (conv, bn, act) in enumerate(self.cb_blocks):
-            if i == 0:   # one channel at a time (a batch of B*C one-channel images ran 1.7x slower)
+            if i == 0:   # a channel at a time (as one batch of B*C one-channel images, this layer ran 1.7x slower)
                 x = torch.stack([conv(_with_coords(ch) if self.coords else ch)
                                  for ch in pixel_values.split(1, dim=1)]).amax(0)
             else:
