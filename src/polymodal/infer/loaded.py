@@ -45,7 +45,6 @@ def quantize_int8(model, device) -> Any:
     # torch.ao.quantization is deprecated by PyTorch in favour of the torchao package: its notices
     # (at import and while converting) are not the user's to act on
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", module=r"torch\.ao\.")
         try:

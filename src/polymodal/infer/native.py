@@ -31,8 +31,10 @@ class NativeModel(LoadedModel):
 
     def __init__(self, model, processor, config: dict, device: str = "cpu", batch_size: int = NATIVE_BATCH_SIZE,
                  bf16: bool = False, int8: bool = False):
-        model = model.to(device).eval()
-        self.model, self.processor, self.config = quantize_int8(model, device) if int8 else model, processor, config
+        self.model = model.to(device).eval()
+        if int8:
+            self.model = quantize_int8(self.model, device)
+        self.processor, self.config = processor, config
         self.device, self.batch_size, self.bf16 = torch.device(device), batch_size, bf16
         self.task = config.get("task") or "pretrain"
         self.kind = _kind(self.task)

@@ -80,6 +80,21 @@ def _with_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, xs, ys], 1)
 
 
+def _conv_stack(c_in: int, dim: int, depth: int, width: int, refine: int, extra: int) -> nn.ModuleList:
+    """`depth` stride-2 conv blocks from `c_in` channels (`width`, doubling up to `dim`), then
+    `refine` stride-1 blocks; each block Conv -> BatchNorm -> GELU, its input `extra` channels wider
+    (the coordinate maps)."""
+    blocks = nn.ModuleList()
+    for i in range(depth):
+        c_out = dim if i == depth - 1 else min(dim, width * 2 ** i)
+        blocks.append(nn.Sequential(nn.Conv2d(c_in + extra, c_out, 3, stride=2, padding=1),
+                                    nn.BatchNorm2d(c_out), nn.GELU()))
+        c_in = c_out
+    for _ in range(refine):
+        blocks.append(nn.Sequential(nn.Conv2d(dim + extra, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU()))
+    return blocks
+
+
 @VISION.register("conv_stem")
 class ConvStemEncoder(Component):
     """A small conv net for tiny models: `depth` stride-2 conv blocks, then the grid as tokens.
@@ -115,14 +130,7 @@ class ConvStemEncoder(Component):
         if isinstance(colorblind, bool) or not isinstance(colorblind, int) or colorblind < 0:
             raise ValueError(f"conv_stem colorblind: expected a number of channels (0 for none), got {colorblind!r}")
         extra = 2 if coords else 0
-        self.blocks, c_in = nn.ModuleList(), 3
-        for i in range(depth):
-            c_out = dim if i == depth - 1 else min(dim, width * 2 ** i)
-            self.blocks.append(nn.Sequential(nn.Conv2d(c_in + extra, c_out, 3, stride=2, padding=1),
-                                             nn.BatchNorm2d(c_out), nn.GELU()))
-            c_in = c_out
-        for _ in range(refine):
-            self.blocks.append(nn.Sequential(nn.Conv2d(dim + extra, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU()))
+        self.blocks = _conv_stack(3, dim, depth, width, refine, extra)
         self.coords = coords
         self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # depthwise conv as position encoding
         # (x, y) -> D: sin/cos features of the absolute position, so it works at any grid size
@@ -131,16 +139,7 @@ class ConvStemEncoder(Component):
         self.dim = dim
         self.colorblind_dim = colorblind
         if colorblind:
-            self.cb_blocks = nn.ModuleList()
-            c_in = 1
-            for i in range(depth):
-                c_out = colorblind if i == depth - 1 else min(colorblind, width * 2 ** i)
-                conv = nn.Conv2d(c_in + extra, c_out, 3, stride=2, padding=1)
-                self.cb_blocks.append(nn.ModuleList([conv, nn.BatchNorm2d(c_out), nn.GELU()]))
-                c_in = c_out
-            for _ in range(refine):
-                conv = nn.Conv2d(colorblind + extra, colorblind, 3, padding=1)
-                self.cb_blocks.append(nn.ModuleList([conv, nn.BatchNorm2d(colorblind), nn.GELU()]))
+            self.cb_blocks = _conv_stack(1, colorblind, depth, width, refine, extra)
             self.cb_pos = nn.Conv2d(colorblind, colorblind, 3, padding=1, groups=colorblind)  # as self.pos
             self.cb_norm = nn.LayerNorm(colorblind)
             self.cb_proj = nn.Linear(colorblind, dim)
@@ -171,12 +170,11 @@ class ConvStemEncoder(Component):
     def _colorblind(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The colour-blind stream: (B, C, H, W) -> (B, K, h, w). The first convolution runs on
         each channel alone (same weights) and keeps the strongest response of the C."""
-        x = None
-        for i, (conv, bn, act) in enumerate(self.cb_blocks):
-            if i == 0:   # a channel at a time (as one batch of B*C one-channel images, this layer ran 1.7x slower)
-                x = torch.stack([conv(_with_coords(ch) if self.coords else ch)
-                                 for ch in pixel_values.split(1, dim=1)]).amax(0)
-            else:
-                x = conv(_with_coords(x) if self.coords else x)
-            x = act(bn(x))
+        first, *rest = self.cb_blocks
+        conv, norm_act = first[0], first[1:]
+        # a channel at a time (as one batch of B*C one-channel images, this layer ran 1.7x slower)
+        x = norm_act(torch.stack([conv(_with_coords(ch) if self.coords else ch)
+                                  for ch in pixel_values.split(1, dim=1)]).amax(0))
+        for block in rest:
+            x = block(_with_coords(x) if self.coords else x)
         return x + self.cb_pos(x)
