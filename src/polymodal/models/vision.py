@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from polymodal.pretrained import from_pretrained
@@ -172,9 +173,14 @@ class ConvStemEncoder(Component):
         each channel alone (same weights) and keeps the strongest response of the C."""
         first, *rest = self.cb_blocks
         conv, norm_act = first[0], first[1:]
-        # a channel at a time (as one batch of B*C one-channel images, this layer ran 1.7x slower)
-        x = norm_act(torch.stack([conv(_with_coords(ch) if self.coords else ch)
-                                  for ch in pixel_values.split(1, dim=1)]).amax(0))
+        c = pixel_values.shape[1]
+        x = (torch.cat([_with_coords(ch) for ch in pixel_values.split(1, dim=1)], 1) if self.coords
+             else pixel_values)
+        # one grouped convolution, the same weights in each channel's group, then the strongest
+        # response per output channel (max, whose backward is a scatter: 1.4x faster fwd+bwd than
+        # a channel at a time stacked with amax, 3x faster than B*C one-channel images)
+        x = F.conv2d(x, conv.weight.repeat(c, 1, 1, 1), conv.bias.repeat(c), conv.stride, conv.padding, groups=c)
+        x = norm_act(x.unflatten(1, (c, -1)).max(1).values)
         for block in rest:
             x = block(_with_coords(x) if self.coords else x)
         return x + self.cb_pos(x)
