@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -175,3 +176,34 @@ def test_pil_input_and_path_input(tmp_path):
     assert load_image(path).size == (40, 20)
     assert load_image(str(path)).getpixel((0, 0)) == RED
     assert load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decoded_files_are_cached_until_the_file_changes(tmp_path):
+    from polymodal.data import images
+
+    path = tmp_path / "a.png"
+    _two_tone().save(path)
+    before = images.DECODED.hits
+    first = load_image(path)
+    first.paste((0, 255, 0), (0, 0, 40, 20))     # a caller changing its copy
+    again = load_image(str(path))
+    assert images.DECODED.hits == before + 1
+    assert again.getpixel((0, 0)) == RED         # the cached image is as decoded
+    Image.new("RGB", (8, 8), BLUE).save(path)     # a new file under the same name
+    os.utime(path, ns=(10**18, 10**18))
+    assert load_image(path).size == (8, 8)
+    tmp_path.joinpath("b.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="b.png"):  # a bad file is never cached as good
+        load_image(tmp_path / "b.png")
+
+
+def test_decoded_image_budget_drops_the_least_recently_used():
+    from polymodal.data.images import DecodedImages
+
+    cache = DecodedImages(max_bytes=3 * 10 * 10 * 3)
+    for i in range(4):
+        cache.put(("k", i), Image.new("RGB", (10, 10), (i, 0, 0)))
+    assert cache.get(("k", 0)) is None and cache.bytes == 3 * 300
+    assert cache.get(("k", 3)).getpixel((0, 0)) == (3, 0, 0)
+    cache.put(("big",), Image.new("RGB", (20, 20)))   # larger than the whole budget: not kept
+    assert cache.get(("big",)) is None and cache.bytes == 900
