@@ -132,3 +132,24 @@ def test_bf16_measurement_stops_once_the_choice_is_clear(monkeypatch):
         monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
         assert precision.measure_bf16(step, repeats=2) == choice
         assert len(calls) == 2 * rounds, (slow_bf16, calls)
+
+
+def test_auto_precision_skips_the_step_test_where_bf16_has_no_path(monkeypatch):
+    """A bf16 matmul far slower than fp32 (no bf16 path) decides fp32 without timing a step;
+    otherwise the step is timed."""
+    from polymodal.train import trainer
+
+    timed = []
+    monkeypatch.setattr(trainer, "measure_bf16", lambda step: timed.append(step) or "bf16")
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(trainer, "bf16_matmul_slowdown", lambda: 40.0)
+    assert trainer._measure_precision(model, [], {}) == "no" and not timed
+    monkeypatch.setattr(trainer, "bf16_matmul_slowdown", lambda: 0.5)
+    assert trainer._measure_precision(model, [], {}) == "bf16" and len(timed) == 1
+
+
+def test_bf16_matmul_probe_is_measured_once_per_process():
+    from polymodal.train.precision import bf16_matmul_slowdown
+
+    first = bf16_matmul_slowdown()
+    assert first > 0 and bf16_matmul_slowdown() == first

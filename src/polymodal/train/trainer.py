@@ -30,7 +30,8 @@ from polymodal.train.config import RunConfig, config_source, load_run_config
 from polymodal.train.feature_cache import cached_frozen_tower
 from polymodal.train.freezing import frozen_modules
 from polymodal.train.optim import adamw, lr_factor, param_groups
-from polymodal.train.precision import has_accelerator, measure_bf16, resolve_precision
+from polymodal.train.precision import (NO_BF16_PATH, bf16_matmul_slowdown, has_accelerator, measure_bf16,
+                                      resolve_precision)
 from polymodal.train.setup import ModelSetup, build_for_training, check_tokenizer, config_family, recipe_task
 
 log = logging.getLogger(__name__)
@@ -467,6 +468,11 @@ def build_objectives(specs: list, processor, model, source: str) -> list[tuple[s
 
 def _measure_precision(model, objectives, batch: dict) -> str:
     """bf16 autocast or fp32, whichever runs a training step of this model faster here."""
+    slowdown = bf16_matmul_slowdown()
+    if slowdown >= NO_BF16_PATH:
+        log.info("precision auto: fp32 (a bf16 matmul runs %.0fx slower than fp32 on this CPU: no bf16 path)",
+                 slowdown)
+        return "no"
     was = model.training
     model.eval()  # BatchNorm statistics stay untouched
 
