@@ -81,6 +81,26 @@ def _with_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, xs, ys], 1)
 
 
+class _GroupMax(torch.autograd.Function):
+    """(B, G*K, h, w) -> (B, K, h, w): the largest of the G groups' values, elementwise.
+
+    `amax` forward (10x faster than `max` with indices here) and a backward that passes the
+    gradient to the winning group (each of them on an exact tie, which real images almost never
+    give): 1.5-2x faster fwd+bwd than `max(...).values` or `amax`'s own backward (tie-splitting)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, groups: int) -> torch.Tensor:
+        x = x.unflatten(1, (groups, -1))
+        out = x.amax(1)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, out = ctx.saved_tensors
+        return ((x == out.unsqueeze(1)) * grad.unsqueeze(1)).flatten(1, 2), None
+
+
 def _conv_stack(c_in: int, dim: int, depth: int, width: int, refine: int, extra: int) -> nn.ModuleList:
     """`depth` stride-2 conv blocks from `c_in` channels (`width`, doubling up to `dim`), then
     `refine` stride-1 blocks; each block Conv -> BatchNorm -> GELU, its input `extra` channels wider
@@ -177,10 +197,10 @@ class ConvStemEncoder(Component):
         x = (torch.cat([_with_coords(ch) for ch in pixel_values.split(1, dim=1)], 1) if self.coords
              else pixel_values)
         # one grouped convolution, the same weights in each channel's group, then the strongest
-        # response per output channel (max, whose backward is a scatter: 1.4x faster fwd+bwd than
-        # a channel at a time stacked with amax, 3x faster than B*C one-channel images)
+        # response per output channel (1.6x faster fwd+bwd than a channel at a time stacked with
+        # amax, 3x faster than B*C one-channel images)
         x = F.conv2d(x, conv.weight.repeat(c, 1, 1, 1), conv.bias.repeat(c), conv.stride, conv.padding, groups=c)
-        x = norm_act(x.unflatten(1, (c, -1)).max(1).values)
+        x = norm_act(_GroupMax.apply(x, c))
         for block in rest:
             x = block(_with_coords(x) if self.coords else x)
         return x + self.cb_pos(x)
