@@ -207,3 +207,12 @@ def test_decoded_image_budget_drops_the_least_recently_used():
     assert cache.get(("k", 3)).getpixel((0, 0)) == (3, 0, 0)
     cache.put(("big",), Image.new("RGB", (20, 20)))   # larger than the whole budget: not kept
     assert cache.get(("big",)) is None and cache.bytes == 900
+
+
+@pytest.mark.parametrize("value, mib", [("", 1024), ("0", 0), ("12.5", 12.5), ("lots", 1024), ("-3", 1024)])
+def test_image_cache_budget_from_the_environment(monkeypatch, caplog, value, mib):
+    from polymodal.data.images import _cache_budget
+
+    monkeypatch.setenv("POLYMODAL_IMAGE_CACHE_MB", value)
+    assert _cache_budget() == int(mib * 2 ** 20)
+    assert ("POLYMODAL_IMAGE_CACHE_MB" in caplog.text) == (value in ("lots", "-3"))

@@ -7,6 +7,7 @@ against decompression bombs.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import threading
@@ -69,8 +70,23 @@ class DecodedImages:
             self.bytes = 0
 
 
+def _cache_budget(default_mb: float = 1024) -> int:
+    """Bytes for `DECODED` from `POLYMODAL_IMAGE_CACHE_MB` (a bad value: a warning, the default)."""
+    raw = os.environ.get("POLYMODAL_IMAGE_CACHE_MB", "")
+    try:
+        mb = float(raw) if raw.strip() else default_mb
+        if not mb >= 0:
+            raise ValueError
+    except ValueError:
+        logging.getLogger(__name__).warning(
+            "POLYMODAL_IMAGE_CACHE_MB=%r is not a number of MiB >= 0 (0 turns the cache off); using %g",
+            raw, default_mb)
+        mb = default_mb
+    return int(mb * 2 ** 20)
+
+
 #: The decoded files of this process (`load_image` of a path).
-DECODED = DecodedImages(int(float(os.environ.get("POLYMODAL_IMAGE_CACHE_MB", "1024")) * 2 ** 20))
+DECODED = DecodedImages(_cache_budget())
 
 
 def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
