@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Budget:
-    """How much data and training: `full` takes 20 minutes on the slowest 2-core machine measured
+    """How much data and training: `full` takes 26 minutes on the slowest 2-core machine measured
     (docs/results.md, "The demo"), `quick` ~1 minute."""
 
     n_images: int
