@@ -470,8 +470,7 @@ def _measure_precision(model, objectives, batch: dict) -> str:
     """bf16 autocast or fp32, whichever runs a training step of this model faster here."""
     slowdown = bf16_matmul_slowdown()
     if slowdown >= NO_BF16_PATH:
-        log.info("precision auto: fp32 (a bf16 matmul runs %.0fx slower than fp32 on this CPU: no bf16 path)",
-                 slowdown)
+        log.info("a bf16 matmul runs %.0fx slower than fp32 on this CPU (no bf16 path): no step is timed", slowdown)
         return "no"
     was = model.training
     model.eval()  # BatchNorm statistics stay untouched
