@@ -207,6 +207,9 @@ def test_decoded_image_budget_drops_the_least_recently_used():
     assert cache.get(("k", 3)).getpixel((0, 0)) == (3, 0, 0)
     cache.put(("big",), Image.new("RGB", (20, 20)))   # larger than the whole budget: not kept
     assert cache.get(("big",)) is None and cache.bytes == 900
+    off = DecodedImages(max_bytes=0)                  # POLYMODAL_IMAGE_CACHE_MB=0 keeps nothing
+    off.put(("k",), Image.new("RGB", (1, 1)))
+    assert off.get(("k",)) is None and off.bytes == 0
 
 
 @pytest.mark.parametrize("value, mib", [("", 1024), ("0", 0), ("12.5", 12.5), ("lots", 1024), ("-3", 1024)])

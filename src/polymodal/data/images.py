@@ -38,36 +38,31 @@ class DecodedImages:
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
-        self._images: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._images: OrderedDict[tuple, tuple[Image.Image, int]] = OrderedDict()   # key -> (image, bytes)
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> Image.Image | None:
         with self._lock:
-            img = self._images.get(key)
-            if img is None:
+            entry = self._images.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._images.move_to_end(key)
             self.hits += 1
-        return img.copy()   # the caller may change its image; the cached one stays as decoded
+        return entry[0].copy()   # the caller may change its image; the cached one stays as decoded
 
     def put(self, key: tuple, img: Image.Image) -> None:
+        """Keep a copy of `img` (nothing when it alone is over the budget, as every image is at 0)."""
         size = img.width * img.height * len(img.getbands())
         if size > self.max_bytes:
             return
         with self._lock:
             if key in self._images:
                 return
-            self._images[key] = img.copy()
+            self._images[key] = (img.copy(), size)
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, old = self._images.popitem(last=False)
-                self.bytes -= old.width * old.height * len(old.getbands())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._images.clear()
-            self.bytes = 0
+                self.bytes -= self._images.popitem(last=False)[1][1]
 
 
 def _cache_budget(default_mb: float = 1024) -> int:
@@ -114,12 +109,11 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if st is None or not stat.S_ISREG(st.st_mode):
             raise DataError(f"{name}: no such image file; check the path")
         key = (os.fspath(source), st.st_mtime_ns, st.st_size, max_pixels)
-        cached = DECODED.get(key) if DECODED.max_bytes else None
+        cached = DECODED.get(key)
         if cached is not None:
             return cached
         img = _decoded(_open(Path(source), name, max_pixels), name, max_pixels)
-        if DECODED.max_bytes:
-            DECODED.put(key, img)
+        DECODED.put(key, img)
         return img
     else:
         raise DataError(f"cannot read an image from a {type(source).__name__}; "
